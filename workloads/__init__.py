@@ -1,0 +1,1 @@
+"""pagesim workloads: synthetic generators and real trace loaders that produce sim.RequestSpec lists."""
