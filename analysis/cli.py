@@ -1,8 +1,8 @@
 """The `pagesim` command line: a thin typer layer over the Python API.
 
 Each command group lives in its own module with a `register(app)` function, so the file list shows
-which command does what: cmd_replay (allocator op-log replay), cmd_simulate (run, compare, sweep,
-report), cmd_gpu (bench, calibrate).
+which command does what: cmd_simulate (run, compare, sweep, report), cmd_replay (allocator op-log
+replay), cmd_bench (GPU kernel benchmark), cmd_calibrate (fit the latency model from timings).
 """
 
 from __future__ import annotations
@@ -19,7 +19,24 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-COMMAND_MODULES = ("analysis.cmd_simulate", "analysis.cmd_replay", "analysis.cmd_gpu")
+COMMAND_MODULES = (
+    "analysis.cmd_simulate",
+    "analysis.cmd_replay",
+    "analysis.cmd_bench",
+    "analysis.cmd_calibrate",
+)
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
+) -> None:
+    """pagesim: where KV-cache memory goes under paged and contiguous caches, and what it costs."""
+    if version:
+        from importlib.metadata import version as _v
+
+        typer.echo(f"pagesim {_v('pagesim')}")
+        raise typer.Exit()
+
 
 for _name in COMMAND_MODULES:
     importlib.import_module(_name).register(app)
