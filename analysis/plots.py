@@ -1,0 +1,195 @@
+"""Matplotlib figures of simulation results, each saved as PNG and SVG.
+
+Every function takes DataFrames (from analysis.frames / summary.csv), a path stem and a title
+(say model, GPU and workload), draws on a fresh `Figure` (no pyplot state, no GUI backend) and
+returns the files written. Axes carry units. Figures: memory breakdown bars per system (the vLLM
+paper's Fig. 2), memory over time, block-size sweep, rate sweep (Fig. 12 style), latency CDFs,
+sharing savings vs n / beam width.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from sim.results import MEMORY_CATEGORIES
+
+CATEGORY_COLORS: dict[str, str] = {
+    "token_states": "#2b7bba",
+    "reserved": "#f4a259",
+    "internal_frag": "#d1495b",
+    "speculative": "#8e6c8a",
+    "external_frag": "#6c757d",
+    "free": "#dfe7ec",
+}
+CATEGORY_LABELS: dict[str, str] = {
+    "token_states": "token states", "reserved": "reserved", "internal_frag": "internal frag.",
+    "speculative": "speculative", "external_frag": "external frag.", "free": "free",
+}
+FORMATS: tuple[str, ...] = ("png", "svg")
+
+
+def save_figure(fig: Figure, stem: Path, formats: Sequence[str] = FORMATS) -> list[Path]:
+    """Save `fig` as `<stem>.png` and `<stem>.svg`; returns the paths."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    out = []
+    for fmt in formats:
+        p = stem.with_suffix(f".{fmt}")
+        fig.savefig(p, dpi=120, bbox_inches="tight", format=fmt)
+        out.append(p)
+    return out
+
+
+def _need(df: pd.DataFrame, cols: Sequence[str], what: str) -> None:
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        raise ValueError(f"{what}: missing column(s) {', '.join(missing)}")
+    if df.empty:
+        raise ValueError(f"{what}: no rows to plot")
+
+
+def plot_memory_breakdown(summary: pd.DataFrame, stem: Path, title: str = "") -> list[Path]:
+    """Stacked bars: time-weighted share of the KV pool per memory category, one bar per system."""
+    cols = [f"{c}_pct" for c in MEMORY_CATEGORIES]
+    _need(summary, ["system", *cols], "memory breakdown plot")
+    systems = summary["system"].astype(str).tolist()
+    fig = Figure(figsize=(max(5.0, 1.3 * len(systems) + 2.5), 4.2))
+    ax = fig.add_subplot()
+    x = np.arange(len(systems))
+    bottom = np.zeros(len(systems))
+    for c, col in zip(MEMORY_CATEGORIES, cols, strict=True):
+        v = summary[col].to_numpy(dtype=float)
+        v = np.nan_to_num(v)
+        ax.bar(x, v, bottom=bottom, color=CATEGORY_COLORS[c], label=CATEGORY_LABELS[c], edgecolor="white", lw=0.5)
+        bottom += v
+    ts = np.nan_to_num(summary["token_states_pct"].to_numpy(dtype=float))
+    for xi, t in zip(x, ts, strict=True):
+        ax.text(float(xi), t / 2, f"{t:.1f}%", ha="center", va="center", color="white", fontsize=8, fontweight="bold")
+    ax.set_xticks(x, systems, rotation=20 if len(systems) > 3 else 0, ha="right" if len(systems) > 3 else "center")
+    ax.set_ylabel("share of KV-cache pool (%, time-weighted)")
+    ax.set_ylim(0, 100)
+    ax.set_title(title or "KV-cache memory breakdown", fontsize=10)
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
+    return save_figure(fig, stem)
+
+
+def plot_memory_over_time(memory: pd.DataFrame, stem: Path, title: str = "", max_points: int = 2000) -> list[Path]:
+    """Stacked areas of the memory categories (% of pool) over simulated time, one panel per system."""
+    _need(memory, ["system", "time_s", "capacity", *MEMORY_CATEGORIES], "memory-over-time plot")
+    systems = list(dict.fromkeys(memory["system"].astype(str)))
+    fig = Figure(figsize=(8.0, 1.9 * len(systems) + 0.8))
+    axes = fig.subplots(len(systems), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, system in zip(axes, systems, strict=True):
+        g = memory[memory["system"].astype(str) == system].sort_values("time_s")
+        if len(g) > max_points:  # thin for drawing only; the data files keep every sample
+            g = g.iloc[np.linspace(0, len(g) - 1, max_points).astype(int)]
+        cap = g["capacity"].to_numpy(dtype=float)
+        ys = [100.0 * g[c].to_numpy(dtype=float) / cap for c in MEMORY_CATEGORIES]
+        ax.stackplot(g["time_s"].to_numpy(dtype=float), *ys, step="post",
+                     colors=[CATEGORY_COLORS[c] for c in MEMORY_CATEGORIES],
+                     labels=[CATEGORY_LABELS[c] for c in MEMORY_CATEGORIES])
+        ax.set_ylim(0, 100)
+        ax.set_ylabel("% of pool")
+        ax.set_title(system, fontsize=9, loc="left")
+    axes[-1].set_xlabel("simulated time (s)")
+    axes[0].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
+    fig.suptitle(title or "KV-cache memory over time", fontsize=10)
+    return save_figure(fig, stem)
+
+
+def _lines(ax: Axes, df: pd.DataFrame, x: str, y: str, scale: float = 1.0, label_prefix: str = "") -> None:
+    groups = df.groupby("system", sort=False) if "system" in df.columns else [("", df)]
+    for system, g in groups:
+        g = g.sort_values(x)
+        yv = g[y].to_numpy(dtype=float) * scale
+        ax.plot(g[x].to_numpy(dtype=float), yv, marker="o", ms=4, label=f"{label_prefix}{system}".strip())
+
+
+def plot_block_size_sweep(points: pd.DataFrame, stem: Path, title: str = "") -> list[Path]:
+    """A row of panels vs block size: memory waste (%), mean step time (ms), throughput (tokens/s)."""
+    _need(points, ["block_size", "internal_frag_pct", "throughput_tps"], "block-size sweep plot")
+    df = points[points["status"] == "ok"] if "status" in points.columns else points
+    fig = Figure(figsize=(12.0, 3.6))
+    a1, a2, a3 = fig.subplots(1, 3)
+    waste = df.copy()
+    waste["waste_pct"] = (waste["internal_frag_pct"].fillna(0) + waste["reserved_pct"].fillna(0)
+                          + waste["external_frag_pct"].fillna(0))
+    _lines(a1, waste, "block_size", "waste_pct", label_prefix="")
+    _lines(a1, waste, "block_size", "internal_frag_pct", label_prefix="internal: ")
+    a1.set_ylabel("wasted KV memory (% of pool)")
+    a1.set_title("waste = reserved + internal + external", fontsize=9)
+    if "mean_step_time_s" in df.columns:
+        _lines(a2, df, "block_size", "mean_step_time_s", scale=1e3)
+    a2.set_ylabel("mean step time (ms)")
+    a2.set_title("scheduler step (forward pass) time", fontsize=9)
+    _lines(a3, df, "block_size", "throughput_tps")
+    a3.set_ylabel("throughput (tokens/s)")
+    a3.set_title("throughput", fontsize=9)
+    for ax in (a1, a2, a3):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("block size (tokens)")
+        ax.grid(alpha=0.3)
+    a1.legend(fontsize=7, frameon=False)
+    fig.suptitle(title or "Block-size sweep", fontsize=10)
+    return save_figure(fig, stem)
+
+
+def plot_rate_sweep(points: pd.DataFrame, stem: Path, title: str = "", x: str = "rate") -> list[Path]:
+    """Throughput and mean normalized latency vs request rate, one line per system (Fig. 12 style)."""
+    _need(points, [x, "throughput_rps", "mean_normalized_latency_s_per_token"], "rate sweep plot")
+    df = points[points["status"] == "ok"] if "status" in points.columns else points
+    fig = Figure(figsize=(10.0, 3.8))
+    a1, a2 = fig.subplots(1, 2)
+    _lines(a1, df, x, "throughput_rps")
+    a1.set_ylabel("throughput (requests/s)")
+    _lines(a2, df, x, "mean_normalized_latency_s_per_token")
+    a2.set_ylabel("normalized latency (s/token)")
+    for ax in (a1, a2):
+        ax.set_xlabel("request rate (requests/s)")
+        ax.grid(alpha=0.3)
+    a2.legend(fontsize=8, frameon=False)
+    fig.suptitle(title or "Throughput and latency vs request rate", fontsize=10)
+    return save_figure(fig, stem)
+
+
+def plot_latency_cdf(requests: pd.DataFrame, stem: Path, title: str = "",
+                     columns: Sequence[str] = ("normalized_latency_s_per_token", "ttft_s", "e2e_s")) -> list[Path]:
+    """Empirical CDFs of per-request latencies over finished requests, one line per system."""
+    from analysis.frames import latency_cdf
+
+    _need(requests, ["system", *columns], "latency CDF plot")
+    units = {"normalized_latency_s_per_token": "normalized latency (s/token)", "ttft_s": "time to first token (s)",
+             "e2e_s": "end-to-end latency (s)", "tpot_s": "time per output token (s)"}
+    fig = Figure(figsize=(4.0 * len(columns), 3.6))
+    axes = fig.subplots(1, len(columns), squeeze=False)[0]
+    for ax, col in zip(axes, columns, strict=True):
+        cdf = latency_cdf(requests, col)
+        for system, g in cdf.groupby("system", sort=False):
+            ax.step(g["value"], g["cdf"], where="post", label=str(system))
+        ax.set_xlabel(units.get(col, col))
+        ax.set_ylabel("fraction of requests")
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+    axes[-1].legend(fontsize=8, frameon=False)
+    fig.suptitle(title or "Latency CDFs", fontsize=10)
+    return save_figure(fig, stem)
+
+
+def plot_sharing_savings(points: pd.DataFrame, stem: Path, title: str = "", x: str = "n") -> list[Path]:
+    """Memory saved by block sharing (%) vs parallel samples n or beam width, one line per system."""
+    _need(points, [x, "sharing_savings_pct"], "sharing savings plot")
+    df = points[points["status"] == "ok"] if "status" in points.columns else points
+    fig = Figure(figsize=(5.5, 3.8))
+    ax = fig.add_subplot()
+    _lines(ax, df, x, "sharing_savings_pct")
+    ax.set_xlabel({"n": "parallel samples n", "beam_width": "beam width"}.get(x, x))
+    ax.set_ylabel("KV memory saved by sharing (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, frameon=False)
+    ax.set_title(title or "Sharing savings", fontsize=10)
+    return save_figure(fig, stem)

@@ -1,0 +1,273 @@
+"""The results directory: what a command writes and what `pagesim report` reads back.
+
+Layout (every path relative to the directory given by `--out`):
+  config.toml, config.json      effective experiment configuration (reproduce with `run --config`)
+  summary.csv, summary.parquet  one row per system or sweep point (SUMMARY_KEYS first)
+  runs/<system>/                requests/steps/memory .parquet (+ .csv on request), summary.json, ops.jsonl
+  points.jsonl                  sweeps: one JSON line per finished point, appended and fsynced at once
+  plots/*.png, plots/*.svg      figures;  report.html, report.md  the report
+Writes that replace a file go through a temporary file and an atomic rename, so an interrupted
+command never leaves a half-written summary.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from analysis.frames import memory_frame, requests_frame, steps_frame, summary_frame, summary_row
+from sim.results import SimResult
+
+SUMMARY_CSV = "summary.csv"
+SUMMARY_PARQUET = "summary.parquet"
+CONFIG_TOML = "config.toml"
+CONFIG_JSON = "config.json"
+POINTS_FILE = "points.jsonl"
+RUNS_DIR = "runs"
+PLOTS_DIR = "plots"
+RECORD_KINDS = ("requests", "steps", "memory")
+
+
+def slug(name: str) -> str:
+    """A file-system-safe directory name for a system label ("paged(B=16)" -> "paged_B_16")."""
+    s = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_.")
+    return s or "run"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file and an atomic rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _jsonable(v: Any) -> Any:
+    """Make numpy scalars, paths and non-finite floats JSON-safe (NaN -> null)."""
+    if isinstance(v, Mapping):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, Path):
+        return str(v)
+    if hasattr(v, "item") and callable(v.item):  # numpy scalar
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def to_json(data: Any) -> str:
+    """Compact-but-readable JSON for configs and point records (NaN written as null)."""
+    return json.dumps(_jsonable(data), indent=2, sort_keys=False)
+
+
+# --------------------------------------------------------------------------- TOML (write side)
+# tomllib only reads; the effective config is small and flat enough that a tiny writer is clearer
+# than a dependency. None values are left out (TOML has no null): loaders treat absent as default.
+
+def _toml_key(k: str) -> str:
+    return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else json.dumps(k)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        return repr(v)
+    if isinstance(v, (str, Path)):
+        return json.dumps(str(v))  # JSON string escapes are valid TOML basic-string escapes
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v if x is not None) + "]"
+    raise TypeError(f"cannot write {type(v).__name__} value {v!r} to TOML")
+
+
+def to_toml(data: Mapping[str, Any]) -> str:
+    """Serialize a nested mapping of scalars/lists to TOML (tables for nested mappings)."""
+    lines: list[str] = []
+
+    def emit(table: Mapping[str, Any], prefix: str) -> None:
+        scalars = {k: v for k, v in table.items() if not isinstance(v, Mapping) and v is not None}
+        subs = {k: v for k, v in table.items() if isinstance(v, Mapping)}
+        if prefix and (scalars or not subs):
+            lines.append(f"\n[{prefix}]")
+        for k, v in scalars.items():
+            lines.append(f"{_toml_key(k)} = {_toml_value(_jsonable(v) if not isinstance(v, float) else v)}")
+        for k, v in subs.items():
+            emit(v, f"{prefix}.{_toml_key(k)}" if prefix else _toml_key(k))
+
+    emit(data, "")
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def write_config(out_dir: Path, config: Mapping[str, Any]) -> None:
+    """Save the effective configuration as config.toml (re-runnable) and config.json (exact)."""
+    atomic_write_text(out_dir / CONFIG_TOML, to_toml(config))
+    atomic_write_text(out_dir / CONFIG_JSON, to_json(config) + "\n")
+
+
+def read_config(out_dir: Path) -> dict[str, Any]:
+    """The saved effective configuration (config.json), or {} if there is none."""
+    p = out_dir / CONFIG_JSON
+    return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
+
+
+# --------------------------------------------------------------------------- tables
+def write_table(df: pd.DataFrame, path_stem: Path, csv: bool = False) -> list[Path]:
+    """Write `df` as `<stem>.parquet` (and `<stem>.csv` if asked); returns the paths written."""
+    path_stem.parent.mkdir(parents=True, exist_ok=True)
+    out = [path_stem.with_suffix(".parquet")]
+    tmp = out[0].with_name(f".{out[0].name}.tmp{os.getpid()}")
+    _parquet_safe(df).to_parquet(tmp, index=False)
+    os.replace(tmp, out[0])
+    if csv:
+        out.append(path_stem.with_suffix(".csv"))
+        atomic_write_text(out[1], df.to_csv(index=False))
+    return out
+
+
+def _parquet_safe(df: pd.DataFrame) -> pd.DataFrame:
+    """Object columns with mixed types (e.g. int and str request ids) become strings for Parquet."""
+    df = df.copy()
+    for c in df.columns:
+        if df[c].dtype == object:
+            kinds = {type(x) for x in df[c] if x is not None and not (isinstance(x, float) and math.isnan(x))}
+            if len(kinds) > 1 or (kinds and not kinds <= {str, int, float, bool}):
+                df[c] = df[c].map(lambda x: x if x is None else str(x))
+    return df
+
+
+def write_summary(out_dir: Path, rows: pd.DataFrame | Iterable[Mapping[str, Any] | SimResult]) -> pd.DataFrame:
+    """Write summary.csv (always) and summary.parquet for the given rows; returns the table."""
+    df = rows if isinstance(rows, pd.DataFrame) else summary_frame(rows)
+    atomic_write_text(out_dir / SUMMARY_CSV, df.to_csv(index=False))
+    write_table(df, out_dir / "summary")
+    return df
+
+
+def read_summary(out_dir: Path) -> pd.DataFrame:
+    """summary.csv of a results directory (FileNotFoundError naming the path if absent)."""
+    p = out_dir / SUMMARY_CSV
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: no summary.csv here (is this a pagesim results directory?)")
+    return pd.read_csv(p)
+
+
+def save_run(out_dir: Path, result: SimResult, *, csv: bool = False, name: str | None = None) -> Path:
+    """Write one run's records under runs/<name>/ and return that directory."""
+    d = out_dir / RUNS_DIR / slug(name or result.system)
+    d.mkdir(parents=True, exist_ok=True)
+    write_table(requests_frame(result), d / "requests", csv)
+    write_table(steps_frame(result), d / "steps", csv)
+    write_table(memory_frame(result), d / "memory", csv)
+    atomic_write_text(d / "summary.json", to_json(summary_row(result)) + "\n")
+    return d
+
+
+def read_runs(out_dir: Path, kind: str) -> pd.DataFrame:
+    """One record kind ("requests", "steps", "memory") of every run under runs/, concatenated."""
+    if kind not in RECORD_KINDS:
+        raise ValueError(f"record kind {kind!r} unknown (valid: {', '.join(RECORD_KINDS)})")
+    parts = [pd.read_parquet(p) for p in sorted((out_dir / RUNS_DIR).glob(f"*/{kind}.parquet"))]
+    parts = [p for p in parts if not p.empty]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+# --------------------------------------------------------------------------- sweep points
+class PointLog:
+    """Append-only JSON-lines log of finished sweep points: the source of truth for `--resume`.
+
+    Invariants: each line is one complete JSON object with a `point_id` and a `status` ("ok" or
+    "failed"); a line is flushed and fsynced before `append` returns, so a killed sweep loses at
+    most the line being written, and a torn last line is ignored on reading. When a point appears
+    twice (a failed point retried), the last line wins.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def append(self, record: Mapping[str, Any]) -> None:
+        """Append one point record durably."""
+        if "point_id" not in record or "status" not in record:
+            raise ValueError("point record needs 'point_id' and 'status'")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        line = json.dumps(_jsonable(record), separators=(",", ":")) + "\n"
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def read(self) -> dict[str, dict[str, Any]]:
+        """Point id -> its latest record; torn or corrupt lines are skipped."""
+        out: dict[str, dict[str, Any]] = {}
+        if not self.path.is_file():
+            return out
+        with open(self.path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # the line a killed sweep was writing
+                if isinstance(rec, dict) and "point_id" in rec and "status" in rec:
+                    out[str(rec["point_id"])] = rec
+        return out
+
+    def repair(self) -> None:
+        """Drop a torn last line so later appends start on a line of their own."""
+        if not self.path.is_file():
+            return
+        data = self.path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            cut = data.rfind(b"\n") + 1
+            with open(self.path, "r+b") as f:
+                f.truncate(cut)
+
+
+@dataclass(slots=True)
+class ResultsBundle:
+    """Everything `pagesim report` needs from a results directory, loaded as DataFrames."""
+
+    path: Path
+    config: dict[str, Any]
+    summary: pd.DataFrame
+    requests: pd.DataFrame = field(default_factory=pd.DataFrame)
+    steps: pd.DataFrame = field(default_factory=pd.DataFrame)
+    memory: pd.DataFrame = field(default_factory=pd.DataFrame)
+    points: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+
+def load_results(out_dir: Path | str) -> ResultsBundle:
+    """Load a results directory (FileNotFoundError with the path if it is not one)."""
+    d = Path(out_dir)
+    if not d.is_dir():
+        raise FileNotFoundError(f"{d}: results directory not found")
+    summary = read_summary(d)
+    recs = PointLog(d / POINTS_FILE).read()
+    points = pd.DataFrame([_flatten_point(r) for r in recs.values()]) if recs else pd.DataFrame()
+    return ResultsBundle(
+        path=d, config=read_config(d), summary=summary,
+        requests=read_runs(d, "requests"), steps=read_runs(d, "steps"), memory=read_runs(d, "memory"),
+        points=points,
+    )
+
+
+def _flatten_point(rec: Mapping[str, Any]) -> dict[str, Any]:
+    """A point record as one flat row: id, status, error, params (prefixed by nothing), metrics."""
+    row: dict[str, Any] = {"point_id": rec["point_id"], "status": rec["status"], "error": rec.get("error", "")}
+    row.update(rec.get("params", {}))
+    row.update(rec.get("row", {}) or {})
+    return row

@@ -1,0 +1,288 @@
+"""Parameter sweeps: grid expansion, stable point ids, parallel execution, resume.
+
+A sweep is a list of points (parameter dicts) and a point function `params -> summary row`.
+Points run in worker processes (or serially, or on a Dask distributed cluster); the parent
+appends each finished point to points.jsonl at once (see results_io.PointLog) and keeps
+summary.csv current, so Ctrl-C or a kill keeps every finished point and `resume=True` runs only
+the points not yet in the log. A point that raises is recorded as failed with its error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import multiprocessing
+import signal
+import time
+import traceback
+from collections.abc import Callable, Generator, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from analysis.results_io import POINTS_FILE, PointLog, write_summary
+from sim.results import SUMMARY_KEYS
+
+PointFn = Callable[[dict[str, Any]], Mapping[str, Any]]
+EXECUTORS: tuple[str, ...] = ("process", "serial", "dask")
+
+
+@dataclass(frozen=True, slots=True)
+class SweepPoint:
+    """One point of a sweep: its full parameter dict and an id derived from it (stable across runs)."""
+
+    point_id: str
+    params: Mapping[str, Any]
+
+
+def point_id(params: Mapping[str, Any]) -> str:
+    """A 12-hex-digit id of a parameter dict: the same parameters always give the same id."""
+    canon = json.dumps(params, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha1(canon.encode("utf-8")).hexdigest()[:12]
+
+
+def expand_grid(axes: Mapping[str, Sequence[Any]], base: Mapping[str, Any] | None = None) -> list[SweepPoint]:
+    """The Cartesian product of `axes` (in the given axis order) over `base`; duplicates dropped.
+
+    Raises ValueError naming an axis with no values.
+    """
+    for name, values in axes.items():
+        if len(values) == 0:
+            raise ValueError(f"sweep axis '{name}' has no values")
+    points: list[SweepPoint] = []
+    seen: set[str] = set()
+    names = list(axes)
+    for combo in itertools.product(*(axes[n] for n in names)):
+        params = dict(base or {})
+        params.update(zip(names, combo, strict=True))
+        pid = point_id(params)
+        if pid not in seen:
+            seen.add(pid)
+            points.append(SweepPoint(pid, params))
+    return points
+
+
+def run_point(fn: PointFn, point: SweepPoint) -> dict[str, Any]:
+    """Run one point, never raising for an ordinary exception: returns the record for the log."""
+    t0 = time.perf_counter()
+    try:
+        row = dict(fn(dict(point.params)))
+        status, error, tb = "ok", "", ""
+    except Exception as exc:  # a failing point is data, not a crash of the sweep
+        row, status = {}, "failed"
+        error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        tb = traceback.format_exc(limit=8)
+    rec: dict[str, Any] = {
+        "point_id": point.point_id, "status": status, "params": dict(point.params), "row": row,
+        "error": error, "elapsed_s": round(time.perf_counter() - t0, 4),
+    }
+    if tb:
+        rec["traceback"] = tb
+    return rec
+
+
+@dataclass(slots=True)
+class SweepOutcome:
+    """What a sweep call did: counts, whether it was interrupted, and the summary table."""
+
+    total: int
+    ran: int = 0
+    skipped: int = 0
+    failed: int = 0
+    interrupted: bool = False
+    summary: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+
+def points_table(points: Sequence[SweepPoint], log: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per grid point that is in the log: SUMMARY_KEYS, point_id/status/error, params, extras."""
+    rows = []
+    for p in points:
+        rec = log.get(p.point_id)
+        if rec is None:
+            continue
+        row: dict[str, Any] = {k: math.nan for k in SUMMARY_KEYS}
+        row.update(rec.get("row") or {})
+        for k, v in p.params.items():
+            row.setdefault(k, v)
+        row.update(point_id=p.point_id, status=rec["status"], error=rec.get("error", ""))
+        rows.append(row)
+    if not rows:
+        return pd.DataFrame(columns=[*SUMMARY_KEYS, "point_id", "status", "error"])
+    df = pd.DataFrame(rows)
+    lead = [*SUMMARY_KEYS, "point_id", "status", "error"]
+    return df[lead + [c for c in df.columns if c not in lead]]
+
+
+def run_sweep(
+    points: Sequence[SweepPoint],
+    fn: PointFn,
+    out_dir: Path | str,
+    *,
+    executor: str = "process",
+    workers: int | None = None,
+    scheduler: str | None = None,
+    client: Any = None,
+    resume: bool = False,
+    retry_failed: bool = False,
+    progress: bool = True,
+    summary_interval_s: float = 1.0,
+) -> SweepOutcome:
+    """Run the points not yet finished in `out_dir`, recording each one as it completes.
+
+    executor: "process" (ProcessPoolExecutor, `workers` processes; default CPU count),
+      "serial" (in this process), or "dask" (`client`, or a Client on `scheduler` address, or a
+      LocalCluster with `workers` workers). `fn` must be picklable for "process"/"dask".
+    resume: required when out_dir already holds a points log; finished points are skipped (failed
+      ones too, unless retry_failed). Ctrl-C stops the sweep, keeps every finished point and
+      returns an outcome with interrupted=True.
+    """
+    if executor not in EXECUTORS:
+        raise ValueError(f"executor {executor!r} unknown (valid: {', '.join(EXECUTORS)})")
+    if workers is not None and workers < 1:
+        raise ValueError(f"workers = {workers} out of range (valid: >= 1)")
+    out = Path(out_dir)
+    log = PointLog(out / POINTS_FILE)
+    if log.path.exists() and not resume:
+        raise ValueError(f"{log.path} exists: pass --resume to continue that sweep, or choose a new --out")
+    out.mkdir(parents=True, exist_ok=True)
+    log.repair()
+    done = log.read()
+    skip = {pid for pid, r in done.items() if r["status"] == "ok" or not retry_failed}
+    pending = [p for p in points if p.point_id not in skip]
+    outcome = SweepOutcome(total=len(points), skipped=len(points) - len(pending))
+
+    last_write = [0.0]
+
+    def record(rec: dict[str, Any]) -> None:
+        log.append(rec)
+        done[rec["point_id"]] = rec
+        outcome.ran += 1
+        outcome.failed += rec["status"] == "failed"
+        now = time.monotonic()
+        if now - last_write[0] >= summary_interval_s:
+            write_summary(out, points_table(points, done))
+            last_write[0] = now
+
+    runner = {"process": _run_processes, "serial": _run_serial, "dask": _run_dask}[executor]
+    with _progress(progress, len(points), outcome.skipped) as advance:
+        gen = runner(pending, fn, workers=workers, scheduler=scheduler, client=client)
+        try:
+            for rec in gen:
+                record(rec)
+                advance(rec)
+        except KeyboardInterrupt:
+            outcome.interrupted = True
+        finally:
+            gen.close()  # shuts the executor down (and stops running points) on an interrupt
+    outcome.summary = write_summary(out, points_table(points, done))
+    return outcome
+
+
+# --------------------------------------------------------------------------- executors
+def _run_serial(pending: Sequence[SweepPoint], fn: PointFn, **_: Any) -> Generator[dict[str, Any], None, None]:
+    for p in pending:
+        yield run_point(fn, p)
+
+
+def _ignore_sigint() -> None:
+    # Workers leave Ctrl-C to the parent, which stops the sweep and shuts them down itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _run_processes(
+    pending: Sequence[SweepPoint], fn: PointFn, *, workers: int | None, **_: Any
+) -> Generator[dict[str, Any], None, None]:
+    if not pending:
+        return
+    n = min(workers or multiprocessing.cpu_count(), len(pending))
+    # spawn: no fork of a parent that may run threads (progress bar); fn must be importable.
+    ctx = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_ignore_sigint)
+    futures: set[Future[dict[str, Any]]] = set()
+    try:
+        it = iter(pending)
+        # Keep only a few points queued per worker so an interrupt leaves little to cancel.
+        for p in itertools.islice(it, 2 * n):
+            futures.add(pool.submit(run_point, fn, p))
+        while futures:
+            finished, futures = wait(futures, return_when=FIRST_COMPLETED)
+            for f in finished:
+                yield f.result()
+                nxt = next(it, None)
+                if nxt is not None:
+                    futures.add(pool.submit(run_point, fn, nxt))
+    finally:
+        for f in futures:
+            f.cancel()
+        if futures:  # interrupted: stop running points now rather than waiting for them
+            for proc in list(getattr(pool, "_processes", {}).values()):
+                proc.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _run_dask(
+    pending: Sequence[SweepPoint], fn: PointFn, *, workers: int | None, scheduler: str | None,
+    client: Any, **_: Any,
+) -> Generator[dict[str, Any], None, None]:
+    if not pending:
+        return
+    try:
+        from dask.distributed import Client, LocalCluster, as_completed
+    except ImportError as exc:  # optional dependency
+        raise ValueError("executor 'dask' needs dask[distributed]: pip install 'pagesim[dask]'") from exc
+    own_client = client is None
+    cluster = None
+    if own_client:
+        if scheduler:
+            client = Client(scheduler, timeout="10s")
+        else:
+            cluster = LocalCluster(n_workers=workers or 2, threads_per_worker=1, processes=True)
+            client = Client(cluster)
+    futures = [client.submit(run_point, fn, p, pure=False) for p in pending]
+    try:
+        for fut in as_completed(futures):
+            yield fut.result()
+    finally:
+        client.cancel(futures)
+        if own_client:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+
+
+# --------------------------------------------------------------------------- progress
+class _progress:
+    """A rich progress bar on stderr (or nothing) that advances per finished point."""
+
+    def __init__(self, enabled: bool, total: int, already: int) -> None:
+        self.enabled, self.total, self.already = enabled, total, already
+        self._p: Any = None
+
+    def __enter__(self) -> Callable[[Mapping[str, Any]], None]:
+        if not self.enabled:
+            return lambda rec: None
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._p = Progress(
+            TextColumn("sweep"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[failed]} failed"),
+            TimeRemainingColumn(), console=Console(stderr=True), transient=False,
+        )
+        self._p.start()
+        task = self._p.add_task("sweep", total=self.total, completed=self.already, failed=0)
+        failed = [0]
+
+        def advance(rec: Mapping[str, Any]) -> None:
+            failed[0] += rec["status"] == "failed"
+            self._p.update(task, advance=1, failed=failed[0])
+
+        return advance
+
+    def __exit__(self, *exc: object) -> None:
+        if self._p is not None:
+            self._p.stop()
