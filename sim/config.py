@@ -1,0 +1,244 @@
+"""Run configuration: which cache system, which scheduler settings, which model/GPU/memory budget.
+
+Frozen dataclasses validated on construction: every impossible value raises `SpecError` naming the
+field and its valid range, before any simulation starts. `system_label` names a cache system in
+results ("paged-16", "contig-pow2-best_fit"); `resolve` turns a SimConfig into concrete numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from sim.request import SpecError
+
+PREEMPTION_MODES: tuple[str, ...] = ("recompute", "swap")
+TOO_LONG_RULES: tuple[str, ...] = ("reject", "truncate", "error")
+# Mirrors sim.contiguous_cache.RESERVATION_POLICIES / sim.extent_allocator.PLACEMENTS; a test checks
+# they agree (kept here so validating a config does not import the allocators).
+CONTIG_POLICIES: tuple[str, ...] = ("max", "pow2", "oracle")
+CONTIG_PLACEMENTS: tuple[str, ...] = ("first_fit", "best_fit", "buddy")
+
+
+def _bad(field_name: str, valid: str, value: object) -> SpecError:
+    return SpecError(f"config field '{field_name}' = {value!r} out of range (valid: {valid})")
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+@dataclass(frozen=True, slots=True)
+class PagedCacheSpec:
+    """A PagedAttention cache: fixed blocks of `block_size` token slots, optional prefix caching.
+
+    watermark: fraction of blocks kept free at admission (vLLM's 1%), in [0, 1).
+    """
+
+    block_size: int = 16
+    prefix_caching: bool = False
+    watermark: float = 0.01
+
+    def __post_init__(self) -> None:
+        if not _is_int(self.block_size) or self.block_size < 1:
+            raise _bad("cache.block_size", "integer >= 1", self.block_size)
+        if not isinstance(self.prefix_caching, bool):
+            raise _bad("cache.prefix_caching", "true or false", self.prefix_caching)
+        if not _is_num(self.watermark) or not 0.0 <= self.watermark < 1.0:
+            raise _bad("cache.watermark", "[0, 1)", self.watermark)
+
+
+@dataclass(frozen=True, slots=True)
+class ContiguousCacheSpec:
+    """A contiguous cache: one reservation per sequence group placed in one address space.
+
+    policy: how much a request reserves ("max": max_model_len, "pow2": next power of two of its final
+    length, "oracle": exactly its final length); placement: the extent allocator.
+    """
+
+    policy: str = "max"
+    placement: str = "first_fit"
+
+    def __post_init__(self) -> None:
+        if self.policy not in CONTIG_POLICIES:
+            raise _bad("cache.policy", ", ".join(CONTIG_POLICIES), self.policy)
+        if self.placement not in CONTIG_PLACEMENTS:
+            raise _bad("cache.placement", ", ".join(CONTIG_PLACEMENTS), self.placement)
+
+
+CacheSpec = PagedCacheSpec | ContiguousCacheSpec
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerConfig:
+    """Iteration-level scheduler settings (vLLM v0-like defaults).
+
+    max_num_seqs: sequences in one batch (a beam/parallel group counts all its sequences).
+    max_num_batched_tokens: tokens per step (decode tokens + prefill chunk tokens); None: 512 with
+      chunked prefill, else max(max_model_len, 2048) as vLLM. Must be >= max_num_seqs.
+    chunked_prefill: split prompts into chunks that fill the token budget left after decodes.
+    preemption_mode: "recompute" (free, requeue at the head of the queue) or "swap" (to the CPU pool).
+    cpu_swap_space_gb: CPU swap pool size in GiB (swap mode).
+    too_long: a request with prompt + output > max_model_len is "reject"ed (recorded, skipped),
+      "truncate"d (output cut to fit; prompt >= max_model_len still rejected) or an "error" (SpecError).
+    beam_keep_prob: beam search model: each new beam continues its own parent with this probability,
+      otherwise it descends from a parent drawn uniformly from the current beams (see docs/simulator.md).
+    """
+
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int | None = None
+    chunked_prefill: bool = False
+    preemption_mode: str = "recompute"
+    cpu_swap_space_gb: float = 4.0
+    too_long: str = "reject"
+    beam_keep_prob: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not _is_int(self.max_num_seqs) or self.max_num_seqs < 1:
+            raise _bad("scheduler.max_num_seqs", "integer >= 1", self.max_num_seqs)
+        if self.max_num_batched_tokens is not None and (
+                not _is_int(self.max_num_batched_tokens) or self.max_num_batched_tokens < self.max_num_seqs):
+            raise _bad("scheduler.max_num_batched_tokens",
+                       f"None or integer >= max_num_seqs = {self.max_num_seqs}", self.max_num_batched_tokens)
+        if not isinstance(self.chunked_prefill, bool):
+            raise _bad("scheduler.chunked_prefill", "true or false", self.chunked_prefill)
+        if self.preemption_mode not in PREEMPTION_MODES:
+            raise _bad("scheduler.preemption_mode", ", ".join(PREEMPTION_MODES), self.preemption_mode)
+        if not _is_num(self.cpu_swap_space_gb) or self.cpu_swap_space_gb < 0:
+            raise _bad("scheduler.cpu_swap_space_gb", "GiB >= 0", self.cpu_swap_space_gb)
+        if self.too_long not in TOO_LONG_RULES:
+            raise _bad("scheduler.too_long", ", ".join(TOO_LONG_RULES), self.too_long)
+        if not _is_num(self.beam_keep_prob) or not 0.0 <= self.beam_keep_prob <= 1.0:
+            raise _bad("scheduler.beam_keep_prob", "[0, 1]", self.beam_keep_prob)
+
+    def token_budget(self, max_model_len: int) -> int:
+        """The effective max_num_batched_tokens (the default depends on chunking and max_model_len)."""
+        if self.max_num_batched_tokens is not None:
+            return self.max_num_batched_tokens
+        return max(512, self.max_num_seqs) if self.chunked_prefill else max(max_model_len, 2048, self.max_num_seqs)
+
+
+@dataclass(frozen=True, slots=True)
+class SimConfig:
+    """Everything a run needs besides the workload.
+
+    model / gpu: preset names (sim.presets) or ModelSpec / GPUSpec objects.
+    kv_capacity_tokens: KV pool size in token slots; None: sized from the GPU memory budget
+      (sim.presets.kv_capacity_tokens with gpu_memory_utilization and kv_dtype).
+    max_model_len: None: the model's. latency: None = roofline, else a parameters JSON path or dict.
+    memory_sample_interval_s: None samples memory at every step; a positive value samples at most once
+      per interval (each sample then stands for the time until the next one), bounding memory for huge runs.
+    record_steps: keep one StepRecord per step (turn off for huge runs; summaries still use every step).
+    """
+
+    model: Any = "opt-13b"
+    gpu: Any = "a100-40gb"
+    cache: CacheSpec = field(default_factory=PagedCacheSpec)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    kv_capacity_tokens: int | None = None
+    gpu_memory_utilization: float = 0.9
+    kv_dtype: str = "fp16"
+    max_model_len: int | None = None
+    latency: Any = None
+    memory_sample_interval_s: float | None = None
+    record_steps: bool = True
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise SpecError naming the first impossible field and its valid range."""
+        if not isinstance(self.cache, (PagedCacheSpec, ContiguousCacheSpec)):
+            raise _bad("cache", "PagedCacheSpec(...) or ContiguousCacheSpec(...)", self.cache)
+        if not isinstance(self.scheduler, SchedulerConfig):
+            raise _bad("scheduler", "SchedulerConfig(...)", self.scheduler)
+        if self.kv_capacity_tokens is not None and (not _is_int(self.kv_capacity_tokens)
+                                                    or self.kv_capacity_tokens < 1):
+            raise _bad("kv_capacity_tokens", "None or integer >= 1 (token slots)", self.kv_capacity_tokens)
+        if not _is_num(self.gpu_memory_utilization) or not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise _bad("gpu_memory_utilization", "(0, 1]", self.gpu_memory_utilization)
+        if self.max_model_len is not None and (not _is_int(self.max_model_len) or self.max_model_len < 2):
+            raise _bad("max_model_len", "None or integer >= 2", self.max_model_len)
+        if self.memory_sample_interval_s is not None and (
+                not _is_num(self.memory_sample_interval_s) or self.memory_sample_interval_s <= 0):
+            raise _bad("memory_sample_interval_s", "None or seconds > 0", self.memory_sample_interval_s)
+        if not isinstance(self.record_steps, bool):
+            raise _bad("record_steps", "true or false", self.record_steps)
+        if not isinstance(self.kv_dtype, str):
+            raise _bad("kv_dtype", "a KV dtype name such as fp16, bf16, fp8_e4m3, int8", self.kv_dtype)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly dict of the configuration (presets by name, nested specs as dicts)."""
+        out: dict[str, Any] = {}
+        for name in ("model", "gpu", "latency"):
+            v = getattr(self, name)
+            out[name] = v if v is None or isinstance(v, (str, dict)) else getattr(v, "name", str(v))
+        out["cache"] = {"kind": "paged" if isinstance(self.cache, PagedCacheSpec) else "contiguous",
+                        **asdict(self.cache)}
+        out["scheduler"] = asdict(self.scheduler)
+        for name in ("kv_capacity_tokens", "gpu_memory_utilization", "kv_dtype", "max_model_len",
+                     "memory_sample_interval_s", "record_steps"):
+            out[name] = getattr(self, name)
+        out["system"] = system_label(self.cache)
+        return out
+
+
+def system_label(cache: CacheSpec) -> str:
+    """Short name of a cache system: "paged-16", "paged-16+prefix", "contig-max", "contig-pow2-best_fit".
+
+    The default placement (first_fit) is left out of contiguous labels.
+    """
+    if isinstance(cache, PagedCacheSpec):
+        return f"paged-{cache.block_size}" + ("+prefix" if cache.prefix_caching else "")
+    if isinstance(cache, ContiguousCacheSpec):
+        return f"contig-{cache.policy}" + ("" if cache.placement == "first_fit" else f"-{cache.placement}")
+    raise _bad("cache", "PagedCacheSpec(...) or ContiguousCacheSpec(...)", cache)
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """A SimConfig turned into numbers: presets looked up, pool sized, defaults applied."""
+
+    model: Any  # sim.presets.ModelSpec
+    gpu: Any  # sim.presets.GPUSpec
+    capacity_tokens: int
+    max_model_len: int
+    token_budget: int
+    kv_bytes_per_token: float
+    num_blocks: int  # paged: capacity // block_size; contiguous: 0
+    block_size: int  # paged: block size; contiguous: 0
+    cpu_swap_blocks: int  # paged swap pool in blocks (0 for contiguous)
+
+
+def resolve(config: SimConfig) -> Resolved:
+    """Look up presets and size the pool; SpecError if the memory cannot hold one block."""
+    from sim.presets import get_gpu, get_model, kv_capacity_tokens
+
+    model = get_model(config.model)
+    gpu = get_gpu(config.gpu)
+    paged = isinstance(config.cache, PagedCacheSpec)
+    bs = config.cache.block_size if isinstance(config.cache, PagedCacheSpec) else None
+    kvb = model.kv_bytes_per_token(config.kv_dtype, block_size=bs)
+    if config.kv_capacity_tokens is not None:
+        cap = config.kv_capacity_tokens
+    else:
+        cap = kv_capacity_tokens(model, gpu, gpu_memory_utilization=config.gpu_memory_utilization,
+                                 kv_dtype=config.kv_dtype, block_size=bs)
+    mml = config.max_model_len if config.max_model_len is not None else model.max_model_len
+    if isinstance(config.cache, PagedCacheSpec):
+        b = config.cache.block_size
+        if cap < b:
+            raise SpecError(f"config field 'kv_capacity_tokens' = {cap} is smaller than one block "
+                            f"(valid: >= block_size = {b} token slots)")
+        num_blocks = cap // b
+        swap_blocks = int(config.scheduler.cpu_swap_space_gb * (1 << 30) // (kvb * b))
+    else:
+        b, num_blocks, swap_blocks = 0, 0, 0
+    return Resolved(model=model, gpu=gpu, capacity_tokens=cap, max_model_len=mml,
+                    token_budget=config.scheduler.token_budget(mml), kv_bytes_per_token=kvb,
+                    num_blocks=num_blocks, block_size=b if paged else 0, cpu_swap_blocks=swap_blocks)
