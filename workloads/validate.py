@@ -1,0 +1,224 @@
+"""Row validation for trace files: coerce raw columns, find bad rows, raise or skip them.
+
+`RowChecker` checks a whole column at once (vectorized) and remembers, per column, which rows are
+bad and why. `finish()` either raises a `TraceError` for the earliest bad line of the file (naming
+its column) or, when the caller asked to skip bad rows, returns the mask of good rows plus counts.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from workloads.errors import TraceError
+
+# Lengths above this are certainly a unit or parsing mistake (and would overflow token arithmetic).
+MAX_TOKENS = 1 << 40
+MAX_EXAMPLES = 5
+
+
+@dataclass(slots=True)
+class _Flag:
+    line: int
+    seq: int
+    column: str | None
+    msg: str
+
+
+@dataclass(slots=True)
+class RowChecker:
+    """Collects bad rows of one file.
+
+    Invariant: `bad[i]` is True iff some flag marked row i; each bad row is counted once, under the
+    column of the first check that failed it (`counts`), so sum(counts) == bad.sum().
+    """
+
+    file: str | Path
+    lines: np.ndarray
+    skip_bad: bool
+    bad: np.ndarray = field(init=False)
+    counts: dict[str, int] = field(default_factory=dict)
+    _flags: list[_Flag] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.bad = np.zeros(len(self.lines), dtype=bool)
+
+    def flag(self, column: str | None, mask: np.ndarray, reason: Callable[[int], str]) -> None:
+        """Mark rows where `mask` is True as bad; `reason(i)` explains row i (called for few rows)."""
+        mask = np.asarray(mask, dtype=bool)
+        if not mask.any():
+            return
+        new = mask & ~self.bad  # one message per row: the first check that failed it
+        if not new.any():
+            return
+        self.counts[column or "<row>"] = self.counts.get(column or "<row>", 0) + int(new.sum())
+        self.bad |= new
+        for i in np.flatnonzero(new)[:MAX_EXAMPLES].tolist():
+            self._flags.append(_Flag(int(self.lines[i]), len(self._flags), column, reason(i)))
+
+    def int_column(self, column: str, raw: Any, *, lo: int = 1, hi: int = MAX_TOKENS,
+                   default: int | None = None) -> np.ndarray:
+        """Validate an integer column; returns int64 values (0 where the row is bad).
+
+        With a `default`, missing cells (optional columns) take it instead of being bad.
+        """
+        values, shown = self._numeric(column, raw, default)
+        ok = np.isfinite(values)
+        frac = ok & (values != np.floor(np.where(ok, values, 0)))
+        self.flag(column, frac, lambda i: f"not an integer: {shown(i)}")
+        out = ok & ~frac & ((values < lo) | (values > hi))
+        self.flag(column, out, lambda i: f"{shown(i)} out of range (valid: integer {lo}..{hi})")
+        good = ok & ~frac & ~out
+        return np.where(good, values, 0).astype(np.int64)
+
+    def float_column(self, column: str, raw: Any, *, lo: float, hi: float = np.inf,
+                     unit: str = "", default: float | None = None) -> np.ndarray:
+        """Validate a finite float column within [lo, hi]; returns float64 (0 where the row is bad).
+
+        With a `default`, missing cells take it (it may be NaN, meaning 'none', and is not range-checked).
+        """
+        values, shown = self._numeric(column, raw, default)
+        if default is not None and default != default:
+            skip = np.isnan(values)
+            values = np.where(skip, 0.0, values)
+        ok = np.isfinite(values)
+        out = ok & ((values < lo) | (values > hi))
+        rng = f"{lo:g}..{hi:g}" if np.isfinite(hi) else f">= {lo:g}"
+        self.flag(column, out, lambda i: f"{shown(i)} out of range (valid: {rng}{unit})")
+        result = np.where(ok & ~out, values, 0.0)
+        if default is not None and default != default:
+            result[skip] = np.nan
+        return result
+
+    def _numeric(self, column: str, raw: Any, default: float | None = None) -> tuple[np.ndarray, Callable[[int], str]]:
+        """Coerce to float64, flagging missing (unless defaulted), non-numeric and infinite values."""
+        arr = _as_array(raw)
+        if arr.dtype.kind in "iuf":
+            values = arr.astype(np.float64)
+            missing = np.isnan(values)
+            nonnum = np.zeros(len(arr), dtype=bool)
+        else:
+            series = pd.Series(arr, dtype=object)
+            missing = series.isna().to_numpy()
+            is_bool = series.map(lambda v: isinstance(v, (bool, np.bool_))).to_numpy(dtype=bool)
+            values = pd.to_numeric(series.where(~is_bool, None), errors="coerce").to_numpy(dtype=np.float64)
+            nonnum = (np.isnan(values) & ~missing) | is_bool
+            values[nonnum] = np.nan
+            blank = series.map(lambda v: isinstance(v, str) and not v.strip()).to_numpy(dtype=bool)
+            missing |= blank
+            nonnum &= ~blank
+
+        def shown(i: int) -> str:
+            return repr(arr[i].item() if hasattr(arr[i], "item") else arr[i])
+
+        if default is None:
+            self.flag(column, missing, lambda i: "missing value (or NaN)")
+        else:
+            values[missing] = default
+        self.flag(column, nonnum, lambda i: f"not a number: {shown(i)}")
+        inf = np.isinf(values)
+        self.flag(column, inf, lambda i: f"not finite: {shown(i)}")
+        return values, shown
+
+    def hash_column(self, column: str, raw: Sequence[Any]) -> list[tuple[int, ...]]:
+        """Validate a column of prefix-hash lists: JSON lists of ints, or CSV text like '0 1 2' / '[0, 1]'."""
+        out: list[tuple[int, ...]] = []
+        bad_rows: list[int] = []
+        why: dict[int, str] = {}
+        for i, v in enumerate(raw):
+            ids = _parse_ids(v)
+            if ids is None:
+                bad_rows.append(i)
+                why[i] = f"not a list of integer ids: {v!r}"[:200]
+                out.append(())
+            else:
+                out.append(ids)
+        if bad_rows:
+            mask = np.zeros(len(raw), dtype=bool)
+            mask[bad_rows] = True
+            self.flag(column, mask, lambda i: why[i])
+        return out
+
+    def check_order(self, column: str, times: np.ndarray, shown: Callable[[int], str]) -> None:
+        """Flag rows whose time is earlier than the latest time on an earlier good row."""
+        idx = np.flatnonzero(~self.bad)
+        if len(idx) < 2:
+            return
+        t = times[idx]
+        latest = np.maximum.accumulate(t)
+        back = np.zeros(len(idx), dtype=bool)
+        back[1:] = t[1:] < latest[:-1]
+        if not back.any():
+            return
+        mask = np.zeros(len(times), dtype=bool)
+        mask[idx[back]] = True
+        pos = {int(k): j for j, k in enumerate(idx.tolist())}
+
+        def reason(i: int) -> str:
+            j = pos[i]
+            prev = int(idx[np.flatnonzero(t[:j] == latest[j - 1])[-1]])
+            return (f"time goes backwards: {shown(i)} is earlier than {shown(prev)} on line "
+                    f"{int(self.lines[prev])}; rows must be in arrival order")
+        self.flag(column, mask, reason)
+
+    def finish(self) -> np.ndarray:
+        """Raise for the earliest bad line unless skipping; return the boolean mask of good rows."""
+        if self._flags and not self.skip_bad:
+            first = min(self._flags, key=lambda f: (f.line, f.seq))
+            raise TraceError(self.file, first.line, first.column, first.msg)
+        return ~self.bad
+
+    @property
+    def examples(self) -> list[str]:
+        """Up to MAX_EXAMPLES bad-row messages, earliest line first."""
+        flags = sorted(self._flags, key=lambda f: (f.line, f.seq))[:MAX_EXAMPLES]
+        return [str(TraceError(self.file, f.line, f.column, f.msg)) for f in flags]
+
+    def stats(self) -> dict[str, Any]:
+        """Skipped-row counts for the load report."""
+        return {"skipped_rows": int(self.bad.sum()), "skipped_by_column": dict(self.counts),
+                "skipped_examples": self.examples}
+
+
+def _as_array(raw: Any) -> np.ndarray:
+    """A 1-D array of the raw cells: numeric dtype when clean, else object (never a 2-D array)."""
+    if isinstance(raw, pd.Series):
+        return raw.to_numpy()
+    try:
+        arr = np.asarray(raw)
+    except (ValueError, OverflowError):  # nested lists or ints too large for int64
+        arr = np.empty(0)
+    if arr.ndim == 1 and len(arr) == len(raw):
+        return arr
+    return np.fromiter(raw, dtype=object, count=len(raw))
+
+
+_ID_SPLIT = re.compile(r"[\s,;|]+")
+_INT = re.compile(r"-?\d+")
+
+
+def _parse_ids(v: Any) -> tuple[int, ...] | None:
+    """A tuple of ints from a JSON list or CSV text; None if malformed. Missing/empty means ()."""
+    if v is None or (isinstance(v, float) and v != v):
+        return ()
+    if isinstance(v, list):
+        if all(isinstance(x, int) and not isinstance(x, bool) for x in v):
+            return tuple(v)
+        return None
+    if isinstance(v, str):
+        text = v.strip()
+        if text.startswith("[") and text.endswith("]"):
+            text = text[1:-1]
+        parts = [p for p in _ID_SPLIT.split(text) if p]
+        if all(_INT.fullmatch(p) for p in parts):
+            return tuple(int(p) for p in parts)
+        return None
+    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+        return (int(v),)  # a CSV cell holding a single id is read as a number
+    return None
