@@ -256,18 +256,11 @@ def load_results(out_dir: Path | str) -> ResultsBundle:
     if not d.is_dir():
         raise FileNotFoundError(f"{d}: results directory not found")
     summary = read_summary(d)
-    recs = PointLog(d / POINTS_FILE).read()
-    points = pd.DataFrame([_flatten_point(r) for r in recs.values()]) if recs else pd.DataFrame()
+    # A sweep's summary.csv has one row per grid point with its status (see sweep.points_table).
+    points = summary if "point_id" in summary.columns and "status" in summary.columns else pd.DataFrame()
     return ResultsBundle(
         path=d, config=read_config(d), summary=summary,
         requests=read_runs(d, "requests"), steps=read_runs(d, "steps"), memory=read_runs(d, "memory"),
         points=points,
     )
 
-
-def _flatten_point(rec: Mapping[str, Any]) -> dict[str, Any]:
-    """A point record as one flat row: id, status, error, params (prefixed by nothing), metrics."""
-    row: dict[str, Any] = {"point_id": rec["point_id"], "status": rec["status"], "error": rec.get("error", "")}
-    row.update(rec.get("params", {}))
-    row.update(rec.get("row", {}) or {})
-    return row

@@ -1,0 +1,82 @@
+"""The report: self-contained HTML (parsed for its sections and embedded images) and Markdown."""
+
+from __future__ import annotations
+
+import base64
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from simfakes import fake_result
+
+from analysis import report, results_io
+from analysis.sweep import expand_grid, run_sweep
+
+
+class _Sections(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sections: list[str] = []
+        self.images: list[str] = []
+        self.external: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "section":
+            self.sections.append(a["id"] or "")
+        if tag == "img":
+            self.images.append(a["src"] or "")
+        if tag in ("link", "script") and (a.get("href") or a.get("src")):
+            self.external.append(tag)
+
+
+def _compare_dir(tmp_path: Path) -> Path:
+    runs = [fake_result("paged(B=16)"), fake_result("contiguous-max", seed=1)]
+    for r in runs:
+        results_io.save_run(tmp_path, r)
+    results_io.write_summary(tmp_path, runs)
+    results_io.write_config(tmp_path, {"model": "opt-13b", "gpu": "a100-40gb",
+                                       "workload": {"preset": "sharegpt", "num_requests": 20}})
+    return tmp_path
+
+
+def test_compare_report_has_sections_and_embedded_pngs(tmp_path: Path) -> None:
+    html_path, md_path = report.build_report(_compare_dir(tmp_path))
+    p = _Sections()
+    p.feed(html_path.read_text())
+    assert p.sections == ["overview", "memory-breakdown", "performance", "memory-over-time", "configuration"]
+    assert len(p.images) == 3 and not p.external
+    for src in p.images:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1])[:4] == b"\x89PNG"
+    assert "opt-13b on a100-40gb, sharegpt-like synthetic, 20 requests" in html_path.read_text()
+    md = md_path.read_text()
+    assert "## Where the KV-cache memory goes" in md and "| system |" in md
+    assert "](plots/memory_breakdown.png)" in md and (tmp_path / "plots" / "memory_breakdown.svg").is_file()
+
+
+def test_sweep_report_has_sweep_figures_and_failed_points(tmp_path: Path) -> None:
+    from simfakes import slow_point
+
+    pts = expand_grid({"x": [8, 16, 32]}, {"fail": [32]})
+    run_sweep(pts, slow_point, tmp_path, executor="serial", progress=False)
+    results_io.write_config(tmp_path, {"model": "m"})
+    html_path, md_path = report.build_report(tmp_path)
+    p = _Sections()
+    p.feed(html_path.read_text())
+    assert "sweep" in p.sections
+    text = html_path.read_text()
+    assert "3 points finished, 1 failed." in text and "failed on purpose" in text
+    assert (tmp_path / "plots" / "block_size_sweep.png").is_file()
+
+
+def test_report_of_a_non_results_dir_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="summary.csv"):
+        report.build_report(tmp_path)
+
+
+def test_markdown_table_escapes_pipes() -> None:
+    import pandas as pd
+
+    t = report.markdown_table(pd.DataFrame({"a|b": [1.23456789], "c": ["x|y"]}))
+    assert t.splitlines() == ["| a\\|b | c |", "|---|---|", "| 1.235 | x\\|y |"]
