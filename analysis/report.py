@@ -8,6 +8,8 @@ CSS: it opens anywhere, offline) and report.md (tables in Markdown, figures link
 from __future__ import annotations
 
 import base64
+import contextlib
+import functools
 import html
 import json
 import math
@@ -66,10 +68,9 @@ def render_plots(bundle: ResultsBundle, title: str | None = None) -> dict[str, P
     out: dict[str, Path] = {}
 
     def attempt(name: str, draw: Callable[[], list[Path]]) -> None:
-        try:
+        # A ValueError means the data does not support this figure (missing column, no rows).
+        with contextlib.suppress(ValueError):
             out[name] = draw()[0]
-        except ValueError:
-            pass  # the data does not support this figure (missing column, no rows)
 
     pts = bundle.points if not bundle.points.empty else pd.DataFrame()
     ok = pts[pts["status"] == "ok"] if "status" in pts.columns else pts
@@ -91,8 +92,9 @@ def render_plots(bundle: ResultsBundle, title: str | None = None) -> dict[str, P
                 _fixed_others(ok, "rate"), pdir / "rate_sweep", f"Rate sweep: {t}"))
         for x in ("n", "beam_width"):
             if _varies(ok, x):
-                attempt(f"sharing_{x}", lambda x=x: plots.plot_sharing_savings(
-                    _fixed_others(ok, x), pdir / f"sharing_{x}", f"Sharing savings: {t}", x=x))
+                attempt(f"sharing_{x}", functools.partial(
+                    plots.plot_sharing_savings, _fixed_others(ok, x), pdir / f"sharing_{x}",
+                    f"Sharing savings: {t}", x=x))
         if _has_breakdown(ok):
             attempt("memory_breakdown", lambda: plots.plot_memory_breakdown(
                 _label_points(ok), pdir / "memory_breakdown", f"KV memory breakdown per sweep point: {t}"))

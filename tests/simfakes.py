@@ -44,9 +44,9 @@ def fake_result(system: str = "paged(B=16)", n_req: int = 20, n_mem: int = 30, s
     summary.update(system=system, block_size=block_size, num_requests=n_req, num_preemptions=0,
                    latency_model="roofline")
     shares = rng.dirichlet(np.ones(6)) * 100
-    for k, v in zip(("token_states_pct", "reserved_pct", "internal_frag_pct", "external_frag_pct",
+    for key, v in zip(("token_states_pct", "reserved_pct", "internal_frag_pct", "external_frag_pct",
                      "speculative_pct", "free_pct"), shares, strict=True):
-        summary[k] = float(v)
+        summary[key] = float(v)
     return SimResult(system=system, config={"model": "opt-13b"}, requests=reqs, steps=steps, memory=mem,
                      summary=summary)
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import tomllib
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import tomllib
 from simfakes import fake_result
 
 from analysis import results_io as rio
