@@ -46,5 +46,5 @@ class BlockTable:
         assert 0 <= self.num_dropped <= len(self.blocks), f"seq {name!r}: num_dropped {self.num_dropped}"
         assert all(b == DROPPED for b in self.blocks[:self.num_dropped]), f"seq {name!r}: bad dropped prefix"
         live = self.live_blocks()
-        assert all(b >= 0 for b in live), f"seq {name!r}: DROPPED entry after a live block"
+        assert all(b >= 0 for b in live), f"seq {name!r}: DROPPED entry outside the dropped prefix"
         assert len(set(live)) == len(live), f"seq {name!r}: a physical block listed twice in {live}"
