@@ -29,6 +29,8 @@ from sim.request import SpecError
 from workloads.modes import SAMPLING_MIXES, SamplingMix, SamplingMode, parse_mix
 
 DEFAULT_SYSTEMS: tuple[str, ...] = ("paged", "max", "pow2", "oracle")
+SYNTHETIC_NUM_REQUESTS = 300
+SYNTHETIC_RATE = 2.0
 SAMPLING_HELP = ("greedy, n=K (parallel samples), beam=K (beam search), spec=K[@P] (K draft tokens, "
                  "acceptance P, default 0.7), or a mix: " + ", ".join(SAMPLING_MIXES) + " or FRAC:KIND:ARGS,...")
 
@@ -42,8 +44,9 @@ class WorkloadConfig:
     """Where requests come from: a synthetic preset or a trace file, plus reshaping and sampling.
 
     preset: synthetic workload preset (used when `trace` is None). trace/format: a trace file and its
-    format (None: detected). num_requests: synthetic count / first N of a trace (None: all).
-    rate: requests/s (synthetic arrival rate; for a trace, arrivals are rescaled to this mean rate).
+    format (None: detected). num_requests: synthetic count (default 300) / first N of a trace (None: all).
+    rate: requests/s: synthetic arrival rate (default 2) or arrival rate for a trace without timestamps;
+    a timestamped trace is rescaled to this mean rate (None: replayed as recorded).
     arrival/cv: synthetic arrival process and its coefficient of variation (gamma). prompt_len /
     output_len: length-distribution overrides ('fixed:N', 'uniform:LO:HI', 'lognormal:MEAN[:SIGMA]').
     window: (start_s, end_s) of a trace. sampling: applied to every request (see SAMPLING_HELP).
@@ -52,8 +55,8 @@ class WorkloadConfig:
     preset: str = "sharegpt"
     trace: str | None = None
     format: str | None = None
-    num_requests: int | None = 300
-    rate: float | None = 2.0
+    num_requests: int | None = None
+    rate: float | None = None
     arrival: str = "poisson"
     cv: float = 1.0
     prompt_len: str | None = None
@@ -63,6 +66,11 @@ class WorkloadConfig:
     sampling: str | None = None
 
     def __post_init__(self) -> None:
+        if self.trace is None:  # synthetic: fill the defaults so the saved config shows real numbers
+            if self.num_requests is None:
+                object.__setattr__(self, "num_requests", SYNTHETIC_NUM_REQUESTS)
+            if self.rate is None and self.arrival != "burst":
+                object.__setattr__(self, "rate", SYNTHETIC_RATE)
         if self.num_requests is not None and (not _is_int(self.num_requests) or self.num_requests < 1):
             raise _bad("workload.num_requests", "integer >= 1, or omitted for all", self.num_requests)
         if self.rate is not None and (not _is_num(self.rate) or self.rate <= 0):
@@ -195,6 +203,7 @@ def from_dict(data: dict[str, Any], source: str = "") -> Experiment:
     pre = f"{source}: " if source else ""
     try:
         data = dict(data)
+        data.pop("sweep", None)  # a sweep's axes (saved with its config); read by sweep_axes()
         wl = _section(data.pop("workload", {}) or {}, WorkloadConfig, "workload.")
         sch = _section(data.pop("scheduler", {}) or {}, SchedulerConfig, "scheduler.")
         top = _section(data, Experiment, "", skip=("workload", "scheduler"))

@@ -1,0 +1,215 @@
+"""The Python API behind the CLI: build a workload, run, compare, sweep, report.
+
+    >>> from analysis import api
+    >>> df = api.compare(num_requests=100)               # paged vs max / pow2 / oracle
+    >>> df = api.run(system="paged-32", out="results/x")  # one system, results written to a directory
+    >>> df = api.sweep({"block_size": [8, 16, 32]}, out="results/bs")
+Keyword overrides are Experiment fields, `workload.X` / `scheduler.X`, or the short names system,
+rate, sampling, num_requests, preset, trace (see analysis.experiment). Each returns the summary table.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import pandas as pd
+
+from analysis import results_io
+from analysis.experiment import Experiment, from_dict, parse_sampling, sampling_columns
+from analysis.frames import summary_frame, summary_row
+from analysis.sweep import SweepOutcome, expand_grid, run_sweep
+from sim.request import RequestSpec
+from sim.results import SimResult
+
+#: Sweep axes with a CLI shortcut, and what each one means.
+SWEEP_AXES: dict[str, str] = {
+    "system": "cache system (paged[-B][+prefix], max, pow2, oracle, ...)",
+    "block_size": "paged block size (tokens)",
+    "kv_capacity_tokens": "KV pool size (token slots)",
+    "kv_budget_gb": "KV pool size (GiB)",
+    "rate": "request rate (requests/s)",
+    "sampling": "sampling mode (greedy, n=K, beam=K, spec=K[@P])",
+}
+
+
+def experiment(base: Experiment | Mapping[str, Any] | str | Path | None = None, **overrides: Any) -> Experiment:
+    """An Experiment from defaults, a dict, a TOML path or an Experiment, with keyword overrides."""
+    from analysis.experiment import load_experiment
+
+    if base is None:
+        exp = Experiment()
+    elif isinstance(base, Experiment):
+        exp = base
+    elif isinstance(base, (str, Path)):
+        exp = load_experiment(base)
+    else:
+        exp = from_dict(dict(base))
+    return exp.with_overrides(overrides) if overrides else exp
+
+
+def build_workload(exp: Experiment) -> tuple[list[RequestSpec], dict[str, Any]]:
+    """The experiment's requests (same for every system) and load statistics.
+
+    Randomness: a generator seeded from (seed, 0), independent of the engine's (seed, 1).
+    """
+    from workloads import synthetic
+    from workloads.lengths import Independent, parse_length
+
+    rng = np.random.default_rng([exp.seed, 0])
+    wl = exp.workload
+    if wl.trace is None:
+        cfg = synthetic.preset(wl.preset)
+        if wl.prompt_len or wl.output_len:
+            base = cfg.lengths
+            if not isinstance(base, Independent):
+                raise ValueError(f"workload preset '{wl.preset}' has paired lengths; prompt_len/output_len "
+                                 "overrides need an independent-lengths preset (sharegpt, alpaca)")
+            cfg = replace(cfg, lengths=Independent(parse_length(wl.prompt_len) if wl.prompt_len else base.prompt,
+                                                   parse_length(wl.output_len) if wl.output_len else base.output))
+        cfg = replace(cfg, arrival=wl.arrival, cv=wl.cv)
+        if wl.sampling is not None:
+            cfg = replace(cfg, sampling=parse_sampling(wl.sampling))
+        n = wl.num_requests or 1
+        specs = synthetic.generate(cfg, n, wl.rate, rng)
+        return specs, {"source": "synthetic", "preset": wl.preset, "num_requests": len(specs)}
+
+    from workloads.loader import TRACE_FORMATS, load_trace, sniff_format
+
+    fmt = wl.format or sniff_format(wl.trace)
+    timed = fmt in TRACE_FORMATS and TRACE_FORMATS[fmt].timestamps
+    res = load_trace(wl.trace, fmt, skip_bad_rows=wl.skip_bad_rows, window=wl.window, first_n=wl.num_requests,
+                     target_rate=wl.rate if timed else None, arrival=wl.arrival,
+                     rate=None if timed else (wl.rate or 2.0), cv=wl.cv, rng=rng)
+    specs = res.specs
+    if wl.sampling is not None:
+        n_, beam, k, acc = parse_sampling(wl.sampling).sample(len(specs), rng)
+        specs = [replace(s, n=int(a), beam_width=int(b), spec_k=int(c), spec_accept=float(d))
+                 for s, a, b, c, d in zip(specs, n_, beam, k, acc, strict=True)]
+    return specs, {"source": "trace", "format": fmt, **res.stats}
+
+
+def simulate_system(exp: Experiment, system: str, specs: Sequence[RequestSpec],
+                    op_log: IO[str] | None = None) -> SimResult:
+    """Run one system of `exp` on `specs` (engine randomness seeded from (seed, 1))."""
+    from sim.engine import simulate
+
+    sink = None
+    if op_log is not None:
+        def sink(op: dict[str, Any]) -> None:
+            op_log.write(json.dumps(op, separators=(",", ":")) + "\n")
+    return simulate(list(specs), exp.sim_config(system), rng=np.random.default_rng([exp.seed, 1]), op_sink=sink)
+
+
+def run(base: Experiment | Mapping[str, Any] | str | Path | None = None, out: str | Path | None = None, *,
+        csv: bool = False, op_log: bool = False, plots: bool = True, on_result: Any = None,
+        **overrides: Any) -> pd.DataFrame:
+    """Run every system of the experiment on one workload; returns the summary (one row per system).
+
+    With `out`, writes the results directory (see analysis.results_io): per-system records,
+    summary.csv/.parquet, config.toml/.json, op logs (`op_log`), plots (`plots`).
+    `on_result(result)` is called after each system (the CLI prints progress with it).
+    """
+    exp = experiment(base, **overrides)
+    specs, _stats = build_workload(exp)
+    out_dir = Path(out) if out is not None else None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        results_io.write_config(out_dir, exp.to_dict())
+    rows = []
+    for system in exp.systems:
+        if out_dir is not None and op_log:
+            d = out_dir / results_io.RUNS_DIR / results_io.slug(exp.sim_config(system).to_dict()["system"])
+            d.mkdir(parents=True, exist_ok=True)
+            with open(d / "ops.jsonl", "w", encoding="utf-8") as f:
+                result = simulate_system(exp, system, specs, f)
+        else:
+            result = simulate_system(exp, system, specs)
+        row = summary_row(result)
+        row.update(sampling_columns(exp.workload.sampling))
+        rows.append(row)
+        if out_dir is not None:
+            results_io.save_run(out_dir, result, csv=csv)
+            results_io.write_summary(out_dir, rows)  # after every system: an interrupt keeps the finished ones
+        if on_result is not None:
+            on_result(result)
+    df = summary_frame(rows)
+    if out_dir is not None and plots:
+        from analysis.report import render_plots
+
+        render_plots(results_io.load_results(out_dir), exp.title())
+    return df
+
+
+def compare(base: Experiment | Mapping[str, Any] | str | Path | None = None, out: str | Path | None = None,
+            **kwargs: Any) -> pd.DataFrame:
+    """The same workload through paged and contiguous (max / pow2 / oracle) caches (see `run`)."""
+    return run(base, out, **kwargs)
+
+
+def sweep_point(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """One sweep point: the base experiment with `params` applied, one system; returns its summary row.
+
+    Module-level (picklable) so process and Dask workers can run it.
+    """
+    exp = from_dict(base).with_overrides(params)
+    if len(exp.systems) != 1:
+        raise ValueError(f"a sweep point runs one system; got {list(exp.systems)} (add a 'system' axis)")
+    specs, _ = build_workload(exp)
+    row = summary_row(simulate_system(exp, exp.systems[0], specs))
+    row.update(sampling_columns(exp.workload.sampling))
+    return row
+
+
+def sweep(axes: Mapping[str, Sequence[Any]], base: Experiment | Mapping[str, Any] | str | Path | None = None,
+          out: str | Path = "results/sweep", *, executor: str = "process", workers: int | None = None,
+          scheduler: str | None = None, client: Any = None, resume: bool = False, retry_failed: bool = False,
+          progress: bool = False, **overrides: Any) -> pd.DataFrame:
+    """Run the grid `axes` (name -> values) over the base experiment; returns one row per point.
+
+    Without a 'system' axis the base experiment's systems become one. Every point is validated
+    before any runs (a bad value fails at once with its error). See analysis.sweep.run_sweep for
+    executors, resume and interruption; `sweep_outcome` returns the counts too.
+    """
+    return sweep_outcome(axes, base, out, executor=executor, workers=workers, scheduler=scheduler, client=client,
+                         resume=resume, retry_failed=retry_failed, progress=progress, **overrides).summary
+
+
+def sweep_outcome(axes: Mapping[str, Sequence[Any]], base: Experiment | Mapping[str, Any] | str | Path | None,
+                  out: str | Path, **kwargs: Any) -> SweepOutcome:
+    """Like `sweep`, returning the SweepOutcome (ran / skipped / failed / interrupted and the summary)."""
+    run_kw = {k: kwargs.pop(k) for k in ("executor", "workers", "scheduler", "client", "resume", "retry_failed",
+                                         "progress") if k in kwargs}
+    exp = experiment(base, **kwargs)
+    grid = dict(axes)
+    if "system" not in grid:
+        grid = {"system": list(exp.systems), **grid}
+    base_dict = exp.to_dict()
+    points = expand_grid(grid)
+    for p in points:  # fail fast on a bad axis value, before any process starts
+        exp.with_overrides(dict(p.params))
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results_io.write_config(out_dir, {**base_dict, "sweep": {"axes": {k: list(v) for k, v in grid.items()}}})
+    fn = functools.partial(sweep_point, base_dict)
+    # The base config is part of every point's identity: resuming with a changed base reruns all points.
+    salted = [replace(p, point_id=_salt(p.point_id, base_dict)) for p in points]
+    return run_sweep(salted, fn, out_dir, **run_kw)
+
+
+def _salt(pid: str, base: dict[str, Any]) -> str:
+    from analysis.sweep import point_id
+
+    return point_id({"point": pid, "base": base})
+
+
+def report(out: str | Path) -> tuple[Path, Path]:
+    """Write report.html and report.md for a results directory; returns their paths."""
+    from analysis.report import build_report
+
+    return build_report(out)
