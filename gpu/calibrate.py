@@ -138,11 +138,11 @@ def fit_variant(df: pd.DataFrame, variant: str) -> tuple[dict[str, float], dict[
     a = _design(df) / y[:, None]  # relative residuals: (a x - y) / y
     scale = np.linalg.norm(a, axis=0)
     scale[scale == 0] = 1.0
+    k = len(DECODE_COEFFS) - (variant == "contiguous")  # no block term without blocks
+    if len(df) < k + 2:
+        raise CalibrationError(f"variant {variant}: {len(df)} timing rows, need at least {k + 2} "
+                               f"({k} coefficients + 2)")
     cols = _independent_columns(a / scale)
-    need = len(cols) + 2
-    if len(df) < need:
-        raise CalibrationError(f"variant {variant}: {len(df)} timing rows, need at least {need} "
-                               f"({len(cols)} coefficients + 2)")
     x = np.zeros(len(DECODE_COEFFS))
     x[cols] = nnls(a[:, cols] / scale[cols], np.ones(len(y))) / scale[cols]
     pred = _design(df) @ x
@@ -262,8 +262,8 @@ def synthetic_timings(coeffs: dict[str, Any], grid: dict[str, list[Any]] | None,
 
     coeffs: {c0_s, c_kv_bytes_s, c_seqs_s, c_blocks_s}, or {variant: those} per variant.
     grid: lists per axis (DEFAULT_GRID's keys; missing keys take its values). Each row's context lengths
-    are drawn uniformly in [context_len/2, 3*context_len/2]; contiguous rows have block_size 0 and no
-    blocks. latency_s = formula * (1 + noise * N(0, 1)), kept > 0.
+    are drawn uniformly in [context_len/2, 3*context_len/2]; contiguous and torch_sdpa rows have
+    block_size 0 and no blocks (one per shape). latency_s = formula * (1 + noise * N(0, 1)), kept > 0.
     """
     g = {**DEFAULT_GRID, **(grid or {})}
     per_variant = coeffs if set(coeffs) <= set(TIMING_VARIANTS) else None
@@ -271,7 +271,10 @@ def synthetic_timings(coeffs: dict[str, Any], grid: dict[str, list[Any]] | None,
     for v, bs, ctx, blk, nh, nkv, hd, dt in itertools.product(
             g["variant"], g["batch_size"], g["context_len"], g["block_size"], g["num_heads"], g["num_kv_heads"],
             g["head_dim"], g["dtype"]):
-        blk = 0 if v in ("contiguous", "torch_sdpa") else int(blk)
+        if v in ("contiguous", "torch_sdpa"):  # one block_size-0 row per shape
+            if blk != g["block_size"][0]:
+                continue
+            blk = 0
         lens = rng.integers(max(1, ctx // 2), ctx * 3 // 2 + 1, size=bs)
         kv = int(lens.sum()) * 2 * nkv * hd * KV_DTYPES[dt]
         blocks = int((-(-lens // blk)).sum()) if blk else 0
