@@ -37,7 +37,7 @@ MAX_FANOUT = 1 << 16  # n, beam_width and spec_k beyond this are certainly a mis
 def read_generic(path: str | Path, opts: ReadOptions = DEFAULT_READ) -> tuple[TraceColumns, dict[str, Any]]:
     """Parse a generic CSV or JSONL trace (JSONL if the first non-blank line is a JSON object)."""
     data = read_bytes(path)
-    if first_json_object(data) is not None:
+    if data.lstrip()[:1] in (b"{", b"["):
         rows = read_jsonl(path, data, COLUMNS)
         lines, present = rows.lines, [k for k in COLUMNS if any(v is not None for v in rows.columns[k])]
         cells: dict[str, Any] = rows.columns

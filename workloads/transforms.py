@@ -108,7 +108,8 @@ def limit_length(cols: TraceColumns, max_model_len: int, rule: str) -> tuple[Tra
     if rule == "error":
         i = int(np.flatnonzero(over)[0])
         where = f" (line {cols.line[i]})" if cols.line[i] else ""
-        raise WorkloadError(f"request {cols.req_id[i]!r}{where}: prompt {cols.prompt[i]} + output "
+        rid = cols.req_id[i].item() if hasattr(cols.req_id[i], "item") else cols.req_id[i]
+        raise WorkloadError(f"request {rid!r}{where}: prompt {cols.prompt[i]} + output "
                             f"{cols.output[i]} > max_model_len {max_model_len}; use too_long='clip' or 'drop'")
     if rule == "drop":
         return cols.take(~over), {**stats, "dropped_too_long": int(over.sum()), "clipped_prompt": 0,

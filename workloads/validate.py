@@ -104,15 +104,15 @@ class RowChecker:
             missing = np.isnan(values)
             nonnum = np.zeros(len(arr), dtype=bool)
         else:
+            # pandas may hand out read-only views (copy-on-write), hence the explicit copies
             series = pd.Series(arr, dtype=object)
-            missing = series.isna().to_numpy()
-            is_bool = series.map(lambda v: isinstance(v, (bool, np.bool_))).to_numpy(dtype=bool)
-            values = pd.to_numeric(series.where(~is_bool, None), errors="coerce").to_numpy(dtype=np.float64)
+            blank = series.map(lambda v: isinstance(v, str) and not v.strip()).to_numpy(dtype=bool, copy=True)
+            missing = series.isna().to_numpy(dtype=bool, copy=True) | blank
+            is_bool = series.map(lambda v: isinstance(v, (bool, np.bool_))).to_numpy(dtype=bool, copy=True)
+            numeric = pd.to_numeric(series.where(~is_bool, None), errors="coerce")
+            values = numeric.to_numpy(dtype=np.float64, na_value=np.nan, copy=True)
             nonnum = (np.isnan(values) & ~missing) | is_bool
             values[nonnum] = np.nan
-            blank = series.map(lambda v: isinstance(v, str) and not v.strip()).to_numpy(dtype=bool)
-            missing |= blank
-            nonnum &= ~blank
 
         def shown(i: int) -> str:
             return repr(arr[i].item() if hasattr(arr[i], "item") else arr[i])
@@ -190,6 +190,8 @@ def _as_array(raw: Any) -> np.ndarray:
     """A 1-D array of the raw cells: numeric dtype when clean, else object (never a 2-D array)."""
     if isinstance(raw, pd.Series):
         return raw.to_numpy()
+    if any(type(v) is bool for v in raw):  # numpy would silently turn JSON true/false into 1/0
+        return np.fromiter(raw, dtype=object, count=len(raw))
     try:
         arr = np.asarray(raw)
     except (ValueError, OverflowError):  # nested lists or ints too large for int64
