@@ -20,7 +20,6 @@ from workloads.sources import (
     DEFAULT_READ,
     ReadOptions,
     assign_arrivals,
-    first_json_object,
     read_bytes,
     read_csv,
     read_jsonl,
