@@ -23,7 +23,8 @@ import pandas as pd
 from analysis import results_io
 from analysis.experiment import Experiment, from_dict, parse_sampling, sampling_columns
 from analysis.frames import summary_frame, summary_row
-from analysis.sweep import SweepOutcome, expand_grid, run_sweep
+from analysis.sweep import SweepOutcome, expand_grid, point_id, run_sweep
+from sim.config import PagedCacheSpec
 from sim.request import RequestSpec
 from sim.results import SimResult
 
@@ -189,10 +190,20 @@ def sweep_outcome(axes: Mapping[str, Sequence[Any]], base: Experiment | Mapping[
     grid = dict(axes)
     if "system" not in grid:
         grid = {"system": list(exp.systems), **grid}
+    exp = replace(exp, systems=tuple(str(s) for s in grid["system"]))  # what the saved config shows
     base_dict = exp.to_dict()
-    points = expand_grid(grid)
-    for p in points:  # fail fast on a bad axis value, before any process starts
-        exp.with_overrides(dict(p.params))
+    points = []
+    seen: set[str] = set()
+    for p in expand_grid(grid):
+        # Fail fast on a bad axis value, before any process starts.
+        pexp = exp.with_overrides(dict(p.params))
+        if "block_size" in p.params and not isinstance(pexp.cache_spec(pexp.systems[0]), PagedCacheSpec):
+            # Block size means nothing to a contiguous cache: run it once, not once per block size.
+            params = {k: v for k, v in p.params.items() if k != "block_size"}
+            p = replace(p, point_id=point_id(params), params=params)
+        if p.point_id not in seen:
+            seen.add(p.point_id)
+            points.append(p)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     results_io.write_config(out_dir, {**base_dict, "sweep": {"axes": {k: list(v) for k, v in grid.items()}}})
@@ -203,8 +214,6 @@ def sweep_outcome(axes: Mapping[str, Sequence[Any]], base: Experiment | Mapping[
 
 
 def _salt(pid: str, base: dict[str, Any]) -> str:
-    from analysis.sweep import point_id
-
     return point_id({"point": pid, "base": base})
 
 

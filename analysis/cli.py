@@ -26,8 +26,9 @@ COMMAND_MODULES = (
     "analysis.cmd_calibrate",
 )
 
-@app.callback()
+@app.callback(invoke_without_command=True)
 def _root(
+    ctx: typer.Context,
     version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
 ) -> None:
     """pagesim: where KV-cache memory goes under paged and contiguous caches, and what it costs."""
@@ -35,6 +36,9 @@ def _root(
         from importlib.metadata import version as _v
 
         typer.echo(f"pagesim {_v('pagesim')}")
+        raise typer.Exit()
+    if ctx.invoked_subcommand is None:  # `pagesim` alone: the command list
+        typer.echo(ctx.get_help())
         raise typer.Exit()
 
 

@@ -323,3 +323,21 @@ def _is_num(v: object) -> bool:
 def replace_workload(exp: Experiment, **changes: Any) -> Experiment:
     """A copy of `exp` with workload fields changed (validated)."""
     return replace(exp, workload=replace(exp.workload, **changes))
+
+
+def sweep_axes(path: str | Path) -> dict[str, list[Any]]:
+    """The `[sweep.axes]` table of an experiment TOML file (name -> list of values); {} if absent."""
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: invalid TOML: {exc}") from None
+    axes = (data.get("sweep") or {}).get("axes") or {}
+    if not isinstance(axes, dict):
+        raise ConfigError(f"{p}: [sweep.axes] must be a table of NAME = [values]")
+    out: dict[str, list[Any]] = {}
+    for k, v in axes.items():
+        if not isinstance(v, list) or not v:
+            raise ConfigError(f"{p}: sweep axis '{k}' = {v!r} (valid: a non-empty list of values)")
+        out[k] = v
+    return out

@@ -22,7 +22,7 @@ import pandas as pd
 
 from analysis import plots
 from analysis.frames import BREAKDOWN_PCT_COLUMNS
-from analysis.results_io import PLOTS_DIR, ResultsBundle, atomic_write_text, load_results
+from analysis.results_io import PLOTS_DIR, SUMMARY_CSV, ResultsBundle, atomic_write_text, load_results
 
 PERF_COLUMNS: tuple[str, ...] = (
     "system", "block_size", "num_requests", "throughput_rps", "throughput_tps", "mean_batch_size",
@@ -61,13 +61,21 @@ def title_from_config(config: dict[str, Any]) -> str:
     return ", ".join(p for p in (head, what.strip(", ")) if p) or "pagesim results"
 
 
-def render_plots(bundle: ResultsBundle, title: str | None = None) -> dict[str, Path]:
-    """Draw every figure the bundle's data supports into <dir>/plots; returns name -> PNG path."""
+def render_plots(bundle: ResultsBundle, title: str | None = None, reuse: bool = False) -> dict[str, Path]:
+    """Draw every figure the bundle's data supports into <dir>/plots; returns name -> PNG path.
+
+    reuse: keep a figure whose PNG is newer than summary.csv instead of drawing it again.
+    """
     t = title or title_from_config(bundle.config)
     pdir = bundle.path / PLOTS_DIR
     out: dict[str, Path] = {}
+    data_mtime = (bundle.path / SUMMARY_CSV).stat().st_mtime if (bundle.path / SUMMARY_CSV).exists() else 0.0
 
     def attempt(name: str, draw: Callable[[], list[Path]]) -> None:
+        png = pdir / f"{name}.png"
+        if reuse and png.is_file() and png.stat().st_mtime >= data_mtime and png.with_suffix(".svg").is_file():
+            out[name] = png
+            return
         # A ValueError means the data does not support this figure (missing column, no rows).
         with contextlib.suppress(ValueError):
             out[name] = draw()[0]
@@ -212,7 +220,7 @@ def build_report(out_dir: Path | str, title: str | None = None) -> tuple[Path, P
     """
     bundle = load_results(out_dir)
     head = title or f"pagesim report: {title_from_config(bundle.config)}"
-    figs = render_plots(bundle)
+    figs = render_plots(bundle, reuse=True)
     secs = _sections(bundle, figs)
 
     nav = "".join(f'<a href="#{x.id}">{html.escape(x.title)}</a>' for x in secs)
