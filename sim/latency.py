@@ -29,6 +29,7 @@ __all__ = ["PARAMS_SCHEMA", "DECODE_COEFFS", "DECODE_VARIANTS", "BatchShape", "L
            "CalibratedLatency", "load_latency_model", "validate_params", "decode_blocks_touched",
            "decode_tokens_read"]
 _I64 = np.int64
+_SMALL = 16  # below this many prefilling sequences, plain Python sums beat NumPy calls
 TERMS: tuple[str, ...] = ("linear", "attn_prefill", "attn_decode", "comm", "overhead")
 
 
@@ -202,16 +203,27 @@ class RooflineLatency:
         t_pre = t_dec = 0.0
         p_tokens = 0
         if n_p:
-            p_tokens = int(pc.sum())
             pp = batch.prefill_context_lens
-            pairs = float((_window_cumsum(pp + pc, w) - _window_cumsum(pp, w)).sum())
-            read = float((pp + pc).sum()) if w is None else float(np.minimum(pp + pc, w + pc - 1).sum())
+            if w is None and n_p <= _SMALL:
+                # A step has few prefills; NumPy's per-call cost (~3 us) dominates such tiny arrays.
+                cl, pl = pc.tolist(), pp.tolist()
+                p_tokens = sum(cl)
+                pairs = float(sum(c * p + c * (c + 1) // 2 for c, p in zip(cl, pl, strict=True)))
+                read = float(sum(pl) + p_tokens)
+            elif w is None:  # pairs = sum(c*p + c(c+1)/2) as dot products
+                p_tokens = int(pc.sum())
+                pairs = float(pc @ pp) + (float(pc @ pc) + p_tokens) / 2
+                read = float(pp.sum()) + p_tokens
+            else:
+                p_tokens = int(pc.sum())
+                pairs = float((_window_cumsum(pp + pc, w) - _window_cumsum(pp, w)).sum())
+                read = float(np.minimum(pp + pc, w + pc - 1).sum())
             t_pre = max(kvpt * (read + p_tokens) / self._bw, self._attn_flops * pairs / self._peak)
         d_tokens = n_d if q is None else int(q.sum())
         if n_d and decode:
             keys = dc if w is None else np.minimum(dc, w)
-            read = float(decode_tokens_read(dc, bs, w).sum())
-            pairs = float(keys.sum()) if q is None else float((q * keys).sum())
+            pairs = float(keys.sum()) if q is None else float(q @ keys)
+            read = bs * float(decode_blocks_touched(dc, bs, w).sum()) if bs else float(keys.sum())
             t_dec = max(kvpt * (read + d_tokens) / self._bw, self._attn_flops * pairs / self._peak)
         tokens = p_tokens + d_tokens
         if tokens == 0:
@@ -257,27 +269,27 @@ class CalibratedLatency:
         self.model, self.gpu, self.name, self.params = self.roofline.model, self.roofline.gpu, name, p
         self.overhead_s = self.roofline.overhead_s
         variants = p["attn_decode"]["variants"]
-        self.decode_coeffs = {v: np.array([float(variants[v][k]) for k in DECODE_COEFFS]) for v in variants}
+        self.decode_coeffs = {v: tuple(float(variants[v][k]) for k in DECODE_COEFFS) for v in variants}
         self._paged = [self.decode_coeffs[v] for v in ("paged", "partitioned") if v in variants]
         self._contig = [self.decode_coeffs["contiguous"]] if "contiguous" in variants else self._paged
         self._linear = p.get("linear")
         self._prefill = p.get("attn_prefill")
 
-    def decode_features(self, batch: BatchShape) -> np.ndarray:
-        """[1, kv_bytes, num_seqs, num_blocks_touched] of one layer's decode kernel call (per GPU)."""
+    def decode_features(self, batch: BatchShape) -> tuple[float, float, float, float]:
+        """(1, kv_bytes, num_seqs, num_blocks_touched) of one layer's decode kernel call (per GPU)."""
         ctx, w, bs = batch.decode_context_lens, self.model.sliding_window, batch.block_size or 0
-        keys = ctx if w is None else np.minimum(ctx, w)
+        keys = float(ctx.sum()) if w is None else float(np.minimum(ctx, w).sum())
         per_tok = self.roofline.kv_bytes_per_token(batch.kv_dtype, bs) / self.model.num_layers
         blocks = float(decode_blocks_touched(ctx, bs, w).sum()) if bs else 0.0
-        return np.array([1.0, per_tok * float(keys.sum()), float(ctx.size), blocks])
+        return 1.0, per_tok * keys, float(ctx.size), blocks
 
     def t_attn_decode(self, batch: BatchShape) -> float:
         """num_layers * the fastest applicable fitted variant's per-layer time (0 without decodes)."""
         if not batch.decode_context_lens.size:
             return 0.0
-        x = self.decode_features(batch)
+        _, kv, n, blocks = self.decode_features(batch)
         cands = self._paged if batch.block_size else self._contig
-        return self.model.num_layers * min(float(c @ x) for c in cands)
+        return self.model.num_layers * min(c0 + ckv * kv + cs * n + cb * blocks for c0, ckv, cs, cb in cands)
 
     def _fitted_prefill(self, batch: BatchShape, coeffs: dict[str, Any]) -> float:
         """The file's attn_prefill term: per layer c0 + c_flops * that layer's attention FLOPs."""

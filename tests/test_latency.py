@@ -104,6 +104,19 @@ def test_prefill_is_compute_bound_and_follows_flops() -> None:
     assert first + second == pytest.approx(attn, rel=1e-12) and second > first
 
 
+@settings(max_examples=60, deadline=None)
+@given(chunks=st.lists(st.tuples(st.integers(1, 5000), st.integers(0, 5000)), min_size=1, max_size=40))
+def test_prefill_term_small_and_large_batches_agree(chunks: list[tuple[int, int]]) -> None:
+    """Few prefills take a plain-Python path, many a NumPy one: both give the closed form."""
+    r = RooflineLatency(OPT, A100, efficiency=1.0)
+    c, p = np.array(chunks).T
+    pairs = float(sum(int(ci) * int(pi) + int(ci) * (int(ci) + 1) // 2 for ci, pi in chunks))
+    nbytes = 819200.0 * (p.sum() + 2 * c.sum())
+    expect = max(nbytes / 1555e9, 4 * 40 * 40 * 128 * pairs / 312e12)
+    got = r.breakdown(BatchShape.build(prefill=c.tolist(), prefill_context=p.tolist()))["attn_prefill"]
+    assert got == pytest.approx(expect, rel=1e-12)
+
+
 def test_kv_dtype_scales_decode_bytes() -> None:
     r = RooflineLatency(get_model("llama-2-7b"), get_gpu("h100-sxm"))
     ctx = [4000] * 64
