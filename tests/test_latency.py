@@ -271,3 +271,12 @@ def test_unreadable_params_files(tmp_path: Path) -> None:
         load_latency_model(p, OPT, A100)
     with pytest.raises(SpecError, match="needs a model and a gpu"):
         load_latency_model(None)
+
+
+def test_docs_examples_run() -> None:
+    """The Python examples in docs/latency.md run as written (and their asserts hold)."""
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "latency.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", doc, flags=re.S)
+    assert len(blocks) >= 4
+    for code in blocks:
+        exec(compile(code, "docs/latency.md", "exec"), {})
