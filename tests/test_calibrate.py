@@ -23,7 +23,7 @@ from gpu.calibrate import (
     write_default_params,
     write_params,
 )
-from sim.latency import BatchShape, CalibratedLatency, RooflineLatency, load_latency_model
+from sim.latency import BatchShape, CalibratedLatency, LatencyModel, RooflineLatency, load_latency_model
 from sim.latency_params import PARAMS_DIR
 from sim.presets import get_gpu, get_model
 
@@ -192,3 +192,49 @@ def test_cli_calibrate(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["calibrate", str(timings), "-o", str(out), "--model", "llama-2-70b",
                                    "--tensor-parallel", "3"])
     assert res.exit_code == 2 and "tensor_parallel = 3 out of range" in res.output
+
+
+def test_round_trip_through_the_simulator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """calibrate -> `simulate(..., SimConfig(latency=PARAMS.json))` -> every step's duration is the fitted
+    decode formula (computed here from the batch the engine built) plus the roofline linear/prefill terms."""
+    import sim.engine as engine
+    from sim.config import PagedCacheSpec, SimConfig
+    from sim.request import RequestSpec
+
+    model, gpu = get_model("llama-2-7b"), get_gpu("h100-sxm")
+    df = synthetic_timings(TRUE, {**GRID, "num_heads": [32], "num_kv_heads": [32], "head_dim": [128]},
+                           np.random.default_rng(3), noise=0.02)
+    path = write_params(fit(df, model=model, gpu=gpu), tmp_path / "p.json")
+    c = json.loads(path.read_text())["attn_decode"]["variants"]["paged"]
+    seen: list[BatchShape] = []
+    real_load = engine.load_latency_model
+
+    class Recording:  # the loaded model, recording the batches the engine asks about
+        def __init__(self, lm: LatencyModel) -> None:
+            self.lm, self.name = lm, lm.name
+
+        def step_time(self, batch: BatchShape) -> float:
+            seen.append(batch)
+            return self.lm.step_time(batch)
+
+    def recording_load(*args, **kw) -> Recording:
+        return Recording(real_load(*args, **kw))
+
+    monkeypatch.setattr(engine, "load_latency_model", recording_load)
+    rng = np.random.default_rng(0)
+    reqs = [RequestSpec(i, float(i) * 0.01, int(rng.integers(5, 300)), int(rng.integers(1, 40))) for i in range(30)]
+    res = engine.simulate(reqs, SimConfig(model="llama-2-7b", gpu="h100-sxm", cache=PagedCacheSpec(block_size=16),
+                                          latency=str(path)))
+    assert res.summary["latency_model"] == "calibrated:p.json"
+    assert len(seen) == len(res.steps) > 30
+    roof = RooflineLatency(model, gpu)
+    decode_steps = 0
+    for b, step in zip(seen, res.steps, strict=True):
+        ctx = b.decode_context_lens
+        per_layer = (c["c0_s"] + c["c_kv_bytes_s"] * 16384 * ctx.sum() + c["c_seqs_s"] * ctx.size
+                     + c["c_blocks_s"] * (-(-ctx // 16)).sum()) if ctx.size else 0.0
+        r = roof.breakdown(b)
+        assert step.duration_s == pytest.approx(32 * per_layer + r["linear"] + r["attn_prefill"] + r["overhead"],
+                                                rel=1e-12)
+        decode_steps += bool(ctx.size)
+    assert decode_steps > 10

@@ -34,14 +34,14 @@ def decode(ctx: list[int], block_size: int | None = 16, **kw) -> BatchShape:
 # ---- BatchShape ----------------------------------------------------------------------------------------------
 
 def test_batch_shape_validates_and_converts() -> None:
-    b = BatchShape([3, 4], [0, 10], [5], None)
+    b = BatchShape(np.array([3, 4]), np.array([0, 10]), np.array([5]), None)
     assert b.prefill_chunk_lens.dtype == np.int64 and b.block_size == 0
     assert b.num_seqs == 3 and b.num_tokens() == 8
     assert BatchShape.build(decode=[9, 9], decode_tokens=[3, 1]).num_tokens() == 4
     with pytest.raises(SpecError, match=r"decode_context_lens\[1\] = 0 out of range \(valid: >= 1\)"):
         decode([4, 0])
     with pytest.raises(SpecError, match="prefill_context_lens has shape"):
-        BatchShape([3, 4], [0], [], 16)
+        BatchShape(np.array([3, 4]), np.array([0]), np.zeros(0), 16)
     with pytest.raises(SpecError, match="num_decode_tokens_per_seq has shape"):
         BatchShape.build(decode=[5, 6], decode_tokens=[2])
     with pytest.raises(SpecError, match="block_size = -1"):
@@ -234,7 +234,8 @@ def test_load_calibrated_file_names_and_target_checks(tmp_path: Path) -> None:
     p.write_text(json.dumps(_calibrated(model="OPT-13B", gpu="A100-40GB")))
     lm = load_latency_model(str(p), "opt-13b", "a100-40gb")
     assert isinstance(lm, CalibratedLatency) and lm.name == "calibrated:h100_fit.json"
-    assert load_latency_model(p).model is OPT  # presets from the file
+    from_file = load_latency_model(p)  # presets from the file
+    assert isinstance(from_file, CalibratedLatency) and from_file.model is OPT
     with pytest.raises(SpecError, match="made for gpu 'A100-40GB' but the run uses 'H100-SXM'"):
         load_latency_model(p, OPT, get_gpu("h100-sxm"))
     assert load_latency_model(_calibrated(), OPT, A100).name == "calibrated"
