@@ -90,18 +90,25 @@ def test_options_on_a_real_trace(traces_dir):
 
 # --- prefix ids -> simulator block hashes (sim.prefix) ------------------------------------------
 
-def reference_keys(prompt_len: int, ids: tuple[int, ...], unit: int, block: int) -> list[tuple]:
+def reference_keys(prompt_len: int, ids: tuple[int, ...], unit: int, block: int,
+                   intern: dict[tuple[int, int], int]) -> list[tuple[int, int]]:
     """Independent statement of the mapping: block k is shareable iff it is full and inside the
-    covered prompt; two blocks k are equal iff the ids of every unit up to the block's end are equal."""
+    covered prompt; two blocks k are equal iff the ids of every unit up to the block's end are equal.
+    Id prefixes are interned to small ints (prefix j = intern[(prefix j-1, ids[j])]) to stay O(1)."""
+    prefix, key = [], -1
+    for i in ids:
+        key = intern.setdefault((key, i), len(intern))
+        prefix.append(key)
     covered = min(len(ids) * unit, prompt_len)
-    return [(k, ids[: ((k + 1) * block - 1) // unit + 1]) for k in range(covered // block)]
+    return [(k, prefix[((k + 1) * block - 1) // unit]) for k in range(covered // block)]
 
 
 @pytest.mark.parametrize("block,rows", [(512, None), (16, 400), (48, 400), (2048, None)])
 def test_mooncake_ids_map_to_block_hashes(traces_dir, block, rows):
     specs = load_trace(traces_dir / CONV, first_n=rows).specs
     got = [block_hashes(s, block) for s in specs]
-    ref = [reference_keys(s.prompt_len, s.prefix_hashes, s.prefix_unit, block) for s in specs]
+    intern: dict[tuple[int, int], int] = {}
+    ref = [reference_keys(s.prompt_len, s.prefix_hashes, s.prefix_unit, block, intern) for s in specs]
     assert [len(g) for g in got] == [len(k) for k in ref]
     assert all(len(g) == s.prompt_len // block for g, s in zip(got, specs, strict=True) if block <= 512)
     flat_got = [h for g in got for h in g]

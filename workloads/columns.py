@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from sim.request import RequestSpec
 
@@ -44,16 +45,17 @@ class TraceColumns:
     prefix_hashes: list[tuple[int, ...]] = field(default_factory=list)
 
     @classmethod
-    def build(cls, arrival: np.ndarray, prompt: np.ndarray, output: np.ndarray, *,
-              n: np.ndarray | None = None, beam_width: np.ndarray | None = None,
-              spec_k: np.ndarray | None = None, spec_accept: np.ndarray | None = None,
+    def build(cls, arrival: ArrayLike, prompt: ArrayLike, output: ArrayLike, *,
+              n: ArrayLike | None = None, beam_width: ArrayLike | None = None,
+              spec_k: ArrayLike | None = None, spec_accept: ArrayLike | None = None,
               prefix_hashes: Sequence[tuple[int, ...]] | None = None,
-              prefix_unit: np.ndarray | int = 16, cancel_time: np.ndarray | None = None,
-              line: np.ndarray | None = None, req_id: np.ndarray | None = None) -> TraceColumns:
+              prefix_unit: ArrayLike = 16, cancel_time: ArrayLike | None = None,
+              line: ArrayLike | None = None, req_id: ArrayLike | None = None) -> TraceColumns:
         """Assemble columns, filling absent optional fields with the RequestSpec defaults."""
+        arrival = np.asarray(arrival, dtype=np.float64)
         size = len(arrival)
 
-        def full(values: np.ndarray | int | float | None, default: int | float, dtype: type) -> np.ndarray:
+        def full(values: ArrayLike | None, default: int | float, dtype: type) -> np.ndarray:
             if values is None:
                 values = default
             if np.isscalar(values):

@@ -51,7 +51,7 @@ def read_generic(path: str | Path, opts: ReadOptions = DEFAULT_READ) -> tuple[Tr
         broken = []
         kind = "csv"
     for col in REQUIRED:
-        if col not in present:
+        if col not in present and len(broken) < len(lines):  # if every line is broken, report that instead
             raise TraceError(path, 1 if kind == "csv" else None, col,
                              f"missing required column (generic schema: {', '.join(COLUMNS)})")
     if extra and not opts.allow_extra_columns:
@@ -106,7 +106,8 @@ def _validate(path: str | Path, chk: RowChecker, cells: dict[str, Any], present:
               if "spec_accept" in present else np.zeros(num))
     cancel = (chk.float_column("cancel_time", cells["cancel_time"], lo=0, unit=" s", default=np.nan)
               if "cancel_time" in present else np.full(num, np.nan))
-    hashes = chk.hash_column("prefix_hashes", cells["prefix_hashes"]) if "prefix_hashes" in present else None
+    hashes = (chk.hash_column("prefix_hashes", cells["prefix_hashes"], text=isinstance(cells["prefix_hashes"], pd.Series))
+              if "prefix_hashes" in present else None)
     if "prefix_unit" in present:
         unit = chk.int_column("prefix_unit", cells["prefix_unit"], default=opts.prefix_unit or 16)
     else:

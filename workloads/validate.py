@@ -126,13 +126,14 @@ class RowChecker:
         self.flag(column, inf, lambda i: f"not finite: {shown(i)}")
         return values, shown
 
-    def hash_column(self, column: str, raw: Sequence[Any]) -> list[tuple[int, ...]]:
-        """Validate a column of prefix-hash lists: JSON lists of ints, or CSV text like '0 1 2' / '[0, 1]'."""
+    def hash_column(self, column: str, raw: Sequence[Any], *, text: bool = False) -> list[tuple[int, ...]]:
+        """Validate a column of prefix-hash lists: JSON lists of ints, or (text=True, CSV) cells like
+        '0 1 2' / '[0, 1]'. A missing value means no ids."""
         out: list[tuple[int, ...]] = []
         bad_rows: list[int] = []
         why: dict[int, str] = {}
         for i, v in enumerate(raw):
-            ids = _parse_ids(v)
+            ids = _parse_ids(v, text)
             if ids is None:
                 bad_rows.append(i)
                 why[i] = f"not a list of integer ids: {v!r}"[:200]
@@ -205,15 +206,15 @@ _ID_SPLIT = re.compile(r"[\s,;|]+")
 _INT = re.compile(r"-?\d+")
 
 
-def _parse_ids(v: Any) -> tuple[int, ...] | None:
-    """A tuple of ints from a JSON list or CSV text; None if malformed. Missing/empty means ()."""
+def _parse_ids(v: Any, text_ok: bool) -> tuple[int, ...] | None:
+    """A tuple of ints from a JSON list or (text_ok) CSV text; None if malformed. Missing means ()."""
     if v is None or (isinstance(v, float) and v != v):
         return ()
     if isinstance(v, list):
         if all(isinstance(x, int) and not isinstance(x, bool) for x in v):
             return tuple(v)
         return None
-    if isinstance(v, str):
+    if isinstance(v, str) and text_ok:
         text = v.strip()
         if text.startswith("[") and text.endswith("]"):
             text = text[1:-1]
@@ -221,6 +222,4 @@ def _parse_ids(v: Any) -> tuple[int, ...] | None:
         if all(_INT.fullmatch(p) for p in parts):
             return tuple(int(p) for p in parts)
         return None
-    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
-        return (int(v),)  # a CSV cell holding a single id is read as a number
-    return None
+    return None  # a bare number, a dict, a bool...: not a list of ids (CSV cells arrive as text)
