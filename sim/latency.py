@@ -123,7 +123,7 @@ def _window_cumsum(n: np.ndarray, window: int | None) -> np.ndarray:
 
 def decode_blocks_touched(ctx: np.ndarray, block_size: int, window: int | None) -> np.ndarray:
     """Blocks a paged decode kernel reads per sequence: those holding the last min(L, W) tokens."""
-    last = -(-ctx // block_size)  # ceil(L / B)
+    last = (ctx + (block_size - 1)) // block_size  # ceil(L / B) in two array operations
     if window is None:
         return last
     return last - np.maximum(ctx - window, 0) // block_size
