@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import results_io
-from analysis.experiment import Experiment, from_dict, parse_sampling, sampling_columns
+from analysis.experiment import SYNTHETIC_RATE, Experiment, from_dict, parse_sampling, sampling_columns
 from analysis.frames import summary_frame, summary_row
 from analysis.sweep import SweepOutcome, expand_grid, point_id, run_sweep
 from sim.config import PagedCacheSpec
@@ -86,7 +86,7 @@ def build_workload(exp: Experiment) -> tuple[list[RequestSpec], dict[str, Any]]:
     timed = fmt in TRACE_FORMATS and TRACE_FORMATS[fmt].timestamps
     res = load_trace(wl.trace, fmt, skip_bad_rows=wl.skip_bad_rows, window=wl.window, first_n=wl.num_requests,
                      target_rate=wl.rate if timed else None, arrival=wl.arrival,
-                     rate=None if timed else (wl.rate or 2.0), cv=wl.cv, rng=rng)
+                     rate=None if timed else (wl.rate or SYNTHETIC_RATE), cv=wl.cv, rng=rng)
     specs = res.specs
     if wl.sampling is not None:
         n_, beam, k, acc = parse_sampling(wl.sampling).sample(len(specs), rng)

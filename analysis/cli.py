@@ -14,7 +14,6 @@ import typer
 app = typer.Typer(
     name="pagesim",
     help="Simulate LLM-serving KV-cache memory: PagedAttention vs contiguous caches.",
-    no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )

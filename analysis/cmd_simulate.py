@@ -11,17 +11,21 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import pandas as pd
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from analysis import api
-from analysis.frames import BREAKDOWN_PCT_COLUMNS
-from analysis.sweep import EXECUTORS
-from sim.results import SimResult
+from sim.results import MEMORY_CATEGORIES
+
+if TYPE_CHECKING:  # pandas and the API load on first use, so `pagesim --help` stays quick
+    import pandas as pd
+
+    from sim.results import SimResult
+
+BREAKDOWN_PCT_COLUMNS = tuple(f"{c}_pct" for c in MEMORY_CATEGORIES)
+EXECUTORS = ("process", "serial", "dask")  # analysis.sweep.EXECUTORS (a test checks they agree)
 
 _o, _err = Console(), Console(stderr=True)
 if not _o.is_terminal:  # piped or captured: do not squeeze the tables into 80 columns
@@ -42,7 +46,7 @@ Preset = Annotated[str | None, typer.Option("--preset", help="Synthetic workload
 Trace = Annotated[Path | None, typer.Option("--trace", help="Replay a trace file instead of a synthetic workload.")]
 Fmt = Annotated[str | None, typer.Option("--format", help="Trace format: azure, mooncake, sharegpt, generic (default: detected).")]
 NumReq = Annotated[int | None, typer.Option("--num-requests", "-n", help="Synthetic request count (default 300) / first N of a trace.")]
-Rate = Annotated[float | None, typer.Option("--rate", help="Requests/s (synthetic default 2; rescales a trace).")]
+Rate = Annotated[float | None, typer.Option("--rate", help="Requests/s (synthetic default 4; rescales a trace).")]
 Arrival = Annotated[str | None, typer.Option("--arrival", help="Arrival process: poisson, gamma, constant, burst.")]
 Cv = Annotated[float | None, typer.Option("--cv", help="Inter-arrival coefficient of variation (gamma).")]
 PLen = Annotated[str | None, typer.Option("--prompt-len", help="Prompt lengths: fixed:N, uniform:LO:HI, lognormal:MEAN[:SIGMA[:HI]].")]
@@ -107,6 +111,8 @@ def _overrides(opts: dict[str, Any]) -> dict[str, Any]:
 
 
 def _experiment(config: Path | None, opts: dict[str, Any], **extra: Any) -> Any:
+    from analysis import api
+
     base = api.experiment(config) if config is not None else api.experiment()
     return base.with_overrides({**_overrides(opts), **extra})
 
@@ -149,6 +155,8 @@ def _cell(v: Any) -> str:
 
 
 def _print_summary(df: pd.DataFrame, title: str, axes: tuple[str, ...] = ()) -> None:
+    import pandas as pd
+
     if "status" in df.columns:
         df = df[df["status"] == "ok"]
     lead = ["system", *[a for a in axes if a != "system"]]
@@ -163,6 +171,8 @@ def _print_summary(df: pd.DataFrame, title: str, axes: tuple[str, ...] = ()) -> 
 
 
 def _simulate(cmd: str, exp: Any, out: Path, csv: bool, op_log: bool, plots: bool, report: bool) -> None:
+    from analysis import api
+
     t0 = time.perf_counter()
 
     def done(r: SimResult) -> None:
@@ -239,7 +249,7 @@ def register(app: typer.Typer) -> None:
         """Paged vs contiguous (max / pow2 / oracle) caches on the same workload, side by side.
 
         Memory breakdown (the vLLM paper's Fig. 2), throughput, latency and batch size per system.
-        With no options: OPT-13B on A100-40GB, 300 ShareGPT-like requests at 2 req/s.
+        With no options: OPT-13B on A100-40GB, 300 ShareGPT-like requests at 4 req/s.
 
         Examples:
           pagesim compare
@@ -294,6 +304,8 @@ def register(app: typer.Typer) -> None:
             if not axes:
                 raise ValueError("no sweep axis given (use --block-sizes, --rates, --systems, --kv-budgets-gb, "
                                  "--samplings or --grid NAME=V1,V2)")
+            from analysis import api
+
             out_dir = _default_out("sweep", out)
             _err.print(f"sweep over {', '.join(axes)} on {exp.title()} -> {out_dir}")
             res = api.sweep_outcome(axes, exp, out_dir, executor=executor, workers=workers, scheduler=scheduler,
@@ -318,6 +330,8 @@ def register(app: typer.Typer) -> None:
           pagesim report results/compare-20250101-120000
         """
         with _errors("report"):
+            from analysis import api
+
             html_path, md_path = api.report(results_dir)
             _o.print(f"report: {html_path}\nmarkdown: {md_path}")
 

@@ -30,7 +30,7 @@ from workloads.modes import SAMPLING_MIXES, SamplingMix, SamplingMode, parse_mix
 
 DEFAULT_SYSTEMS: tuple[str, ...] = ("paged", "max", "pow2", "oracle")
 SYNTHETIC_NUM_REQUESTS = 300
-SYNTHETIC_RATE = 2.0
+SYNTHETIC_RATE = 4.0
 SAMPLING_HELP = ("greedy, n=K (parallel samples), beam=K (beam search), spec=K[@P] (K draft tokens, "
                  "acceptance P, default 0.7), or a mix: " + ", ".join(SAMPLING_MIXES) + " or FRAC:KIND:ARGS,...")
 
@@ -45,7 +45,7 @@ class WorkloadConfig:
 
     preset: synthetic workload preset (used when `trace` is None). trace/format: a trace file and its
     format (None: detected). num_requests: synthetic count (default 300) / first N of a trace (None: all).
-    rate: requests/s: synthetic arrival rate (default 2) or arrival rate for a trace without timestamps;
+    rate: requests/s: synthetic arrival rate (default 4) or arrival rate for a trace without timestamps;
     a timestamped trace is rescaled to this mean rate (None: replayed as recorded).
     arrival/cv: synthetic arrival process and its coefficient of variation (gamma). prompt_len /
     output_len: length-distribution overrides ('fixed:N', 'uniform:LO:HI', 'lognormal:MEAN[:SIGMA]').
@@ -71,6 +71,15 @@ class WorkloadConfig:
                 object.__setattr__(self, "num_requests", SYNTHETIC_NUM_REQUESTS)
             if self.rate is None and self.arrival != "burst":
                 object.__setattr__(self, "rate", SYNTHETIC_RATE)
+        from workloads.loader import TRACE_FORMATS
+        from workloads.synthetic import WORKLOAD_PRESETS
+
+        if self.trace is None and self.preset not in WORKLOAD_PRESETS:
+            raise _bad("workload.preset", ", ".join(WORKLOAD_PRESETS), self.preset)
+        if self.trace is not None and not Path(self.trace).is_file():
+            raise ConfigError(f"workload.trace = {self.trace!r}: file not found")
+        if self.format is not None and self.format not in TRACE_FORMATS:
+            raise _bad("workload.format", ", ".join(TRACE_FORMATS) + " (or omit to detect)", self.format)
         if self.num_requests is not None and (not _is_int(self.num_requests) or self.num_requests < 1):
             raise _bad("workload.num_requests", "integer >= 1, or omitted for all", self.num_requests)
         if self.rate is not None and (not _is_num(self.rate) or self.rate <= 0):
@@ -83,7 +92,7 @@ class WorkloadConfig:
             parse_sampling(self.sampling)
 
     def describe(self) -> str:
-        """A short human description ("sharegpt-like synthetic, 300 requests at 2 req/s")."""
+        """A short human description ("sharegpt-like synthetic, 300 requests at 4 req/s")."""
         what = f"trace {Path(self.trace).name}" if self.trace else f"{self.preset}-like synthetic"
         if self.num_requests:
             what += f", {self.num_requests} requests"

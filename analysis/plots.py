@@ -40,7 +40,7 @@ def save_figure(fig: Figure, stem: Path, formats: Sequence[str] = FORMATS) -> li
     out = []
     for fmt in formats:
         p = stem.with_suffix(f".{fmt}")
-        fig.savefig(p, dpi=120, bbox_inches="tight", format=fmt)
+        fig.savefig(p, dpi=110, format=fmt)
         out.append(p)
     return out
 
@@ -58,7 +58,7 @@ def plot_memory_breakdown(summary: pd.DataFrame, stem: Path, title: str = "") ->
     cols = [f"{c}_pct" for c in MEMORY_CATEGORIES]
     _need(summary, ["system", *cols], "memory breakdown plot")
     systems = summary["system"].astype(str).tolist()
-    fig = Figure(figsize=(max(5.0, 1.3 * len(systems) + 2.5), 4.2))
+    fig = Figure(figsize=(max(5.0, 1.3 * len(systems) + 2.5), 4.2), layout="constrained")
     ax = fig.add_subplot()
     x = np.arange(len(systems))
     bottom = np.zeros(len(systems))
@@ -78,11 +78,11 @@ def plot_memory_breakdown(summary: pd.DataFrame, stem: Path, title: str = "") ->
     return save_figure(fig, stem)
 
 
-def plot_memory_over_time(memory: pd.DataFrame, stem: Path, title: str = "", max_points: int = 2000) -> list[Path]:
+def plot_memory_over_time(memory: pd.DataFrame, stem: Path, title: str = "", max_points: int = 800) -> list[Path]:
     """Stacked areas of the memory categories (% of pool) over simulated time, one panel per system."""
     _need(memory, ["system", "time_s", "capacity", *MEMORY_CATEGORIES], "memory-over-time plot")
     systems = list(dict.fromkeys(memory["system"].astype(str)))
-    fig = Figure(figsize=(8.0, 1.9 * len(systems) + 0.8))
+    fig = Figure(figsize=(8.0, 1.9 * len(systems) + 0.8), layout="constrained")
     axes = fig.subplots(len(systems), 1, sharex=True, squeeze=False)[:, 0]
     for ax, system in zip(axes, systems, strict=True):
         g = memory[memory["system"].astype(str) == system].sort_values("time_s")
@@ -114,7 +114,7 @@ def plot_block_size_sweep(points: pd.DataFrame, stem: Path, title: str = "") -> 
     """A row of panels vs block size: memory waste (%), mean step time (ms), throughput (tokens/s)."""
     _need(points, ["block_size", "internal_frag_pct", "throughput_tps"], "block-size sweep plot")
     df = points[points["status"] == "ok"] if "status" in points.columns else points
-    fig = Figure(figsize=(12.0, 3.6))
+    fig = Figure(figsize=(12.0, 3.6), layout="constrained")
     a1, a2, a3 = fig.subplots(1, 3)
     waste = df.copy()
     waste["waste_pct"] = (waste["internal_frag_pct"].fillna(0) + waste["reserved_pct"].fillna(0)
@@ -143,7 +143,7 @@ def plot_rate_sweep(points: pd.DataFrame, stem: Path, title: str = "", x: str = 
     """Throughput and mean normalized latency vs request rate, one line per system (Fig. 12 style)."""
     _need(points, [x, "throughput_rps", "mean_normalized_latency_s_per_token"], "rate sweep plot")
     df = points[points["status"] == "ok"] if "status" in points.columns else points
-    fig = Figure(figsize=(10.0, 3.8))
+    fig = Figure(figsize=(10.0, 3.8), layout="constrained")
     a1, a2 = fig.subplots(1, 2)
     _lines(a1, df, x, "throughput_rps")
     a1.set_ylabel("throughput (requests/s)")
@@ -165,7 +165,7 @@ def plot_latency_cdf(requests: pd.DataFrame, stem: Path, title: str = "",
     _need(requests, ["system", *columns], "latency CDF plot")
     units = {"normalized_latency_s_per_token": "normalized latency (s/token)", "ttft_s": "time to first token (s)",
              "e2e_s": "end-to-end latency (s)", "tpot_s": "time per output token (s)"}
-    fig = Figure(figsize=(4.0 * len(columns), 3.6))
+    fig = Figure(figsize=(4.0 * len(columns), 3.6), layout="constrained")
     axes = fig.subplots(1, len(columns), squeeze=False)[0]
     for ax, col in zip(axes, columns, strict=True):
         cdf = latency_cdf(requests, col)
@@ -184,7 +184,7 @@ def plot_sharing_savings(points: pd.DataFrame, stem: Path, title: str = "", x: s
     """Memory saved by block sharing (%) vs parallel samples n or beam width, one line per system."""
     _need(points, [x, "sharing_savings_pct"], "sharing savings plot")
     df = points[points["status"] == "ok"] if "status" in points.columns else points
-    fig = Figure(figsize=(5.5, 3.8))
+    fig = Figure(figsize=(5.5, 3.8), layout="constrained")
     ax = fig.add_subplot()
     _lines(ax, df, x, "sharing_savings_pct")
     ax.set_xlabel({"n": "parallel samples n", "beam_width": "beam width"}.get(x, x))

@@ -178,11 +178,17 @@ def save_run(out_dir: Path, result: SimResult, *, csv: bool = False, name: str |
     return d
 
 
-def read_runs(out_dir: Path, kind: str) -> pd.DataFrame:
-    """One record kind ("requests", "steps", "memory") of every run under runs/, concatenated."""
+def read_runs(out_dir: Path, kind: str, order: Iterable[str] = ()) -> pd.DataFrame:
+    """One record kind ("requests", "steps", "memory") of every run under runs/, concatenated.
+
+    Runs named in `order` (system labels, e.g. summary.csv's order) come first, in that order.
+    """
     if kind not in RECORD_KINDS:
         raise ValueError(f"record kind {kind!r} unknown (valid: {', '.join(RECORD_KINDS)})")
-    parts = [pd.read_parquet(p) for p in sorted((out_dir / RUNS_DIR).glob(f"*/{kind}.parquet"))]
+    rank = {slug(str(s)): i for i, s in enumerate(order)}
+    paths = sorted((out_dir / RUNS_DIR).glob(f"*/{kind}.parquet"),
+                   key=lambda p: (rank.get(p.parent.name, len(rank)), p.parent.name))
+    parts = [pd.read_parquet(p) for p in paths]
     parts = [p for p in parts if not p.empty]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
@@ -258,9 +264,11 @@ def load_results(out_dir: Path | str) -> ResultsBundle:
     summary = read_summary(d)
     # A sweep's summary.csv has one row per grid point with its status (see sweep.points_table).
     points = summary if "point_id" in summary.columns and "status" in summary.columns else pd.DataFrame()
+    order = summary["system"].astype(str).tolist() if "system" in summary.columns else []
     return ResultsBundle(
         path=d, config=read_config(d), summary=summary,
-        requests=read_runs(d, "requests"), steps=read_runs(d, "steps"), memory=read_runs(d, "memory"),
+        requests=read_runs(d, "requests", order), steps=read_runs(d, "steps", order),
+        memory=read_runs(d, "memory", order),
         points=points,
     )
 
