@@ -113,9 +113,11 @@ def nnls(a: np.ndarray, y: np.ndarray) -> np.ndarray:
     return best
 
 
-def _design(df: pd.DataFrame) -> np.ndarray:
+def _design(df: pd.DataFrame, variant: str) -> np.ndarray:
+    # A contiguous kernel has no blocks (the simulator evaluates it with 0 blocks), whatever the column says.
+    blocks = np.zeros(len(df)) if variant == "contiguous" else df["num_blocks_touched"].to_numpy(float)
     return np.column_stack([np.ones(len(df)), df["kv_bytes"].to_numpy(float), df["batch_size"].to_numpy(float),
-                            df["num_blocks_touched"].to_numpy(float)])
+                            blocks])
 
 
 def _independent_columns(a: np.ndarray) -> list[int]:
@@ -135,7 +137,7 @@ def fit_variant(df: pd.DataFrame, variant: str) -> tuple[dict[str, float], dict[
     blocks for contiguous rows) is fixed at 0 and listed in the report's "fixed_zero".
     """
     y = df["latency_s"].to_numpy(float)
-    a = _design(df) / y[:, None]  # relative residuals: (a x - y) / y
+    a = _design(df, variant) / y[:, None]  # relative residuals: (a x - y) / y
     scale = np.linalg.norm(a, axis=0)
     scale[scale == 0] = 1.0
     k = len(DECODE_COEFFS) - (variant == "contiguous")  # no block term without blocks
@@ -145,7 +147,7 @@ def fit_variant(df: pd.DataFrame, variant: str) -> tuple[dict[str, float], dict[
     cols = _independent_columns(a / scale)
     x = np.zeros(len(DECODE_COEFFS))
     x[cols] = nnls(a[:, cols] / scale[cols], np.ones(len(y))) / scale[cols]
-    pred = _design(df) @ x
+    pred = _design(df, variant) @ x
     rel = np.abs(pred - y) / y
     by_bs = [{"block_size": int(bs), "n": int(m.sum()), "median_rel_err": float(np.median(rel[m])),
               "max_rel_err": float(rel[m].max())}
