@@ -238,3 +238,20 @@ def test_round_trip_through_the_simulator(tmp_path: Path, monkeypatch: pytest.Mo
                                                 rel=1e-12)
         decode_steps += bool(ctx.size)
     assert decode_steps > 10
+
+
+@pytest.mark.parametrize("window", [0, 50])
+def test_features_match_the_kernel_harness_definitions(window: int) -> None:
+    """The calibrated model's kv_bytes / num_blocks_touched are what gpu.attention reports for the same
+    contexts (the bench writes those columns), including a sliding window."""
+    from gpu.attention import kv_bytes_read, make_problem, num_blocks_touched
+    from sim.latency import decode_blocks_touched
+
+    rng = np.random.default_rng(window)
+    ctx = rng.integers(1, 300, 8)
+    prob = make_problem(ctx, num_heads=8, num_kv_heads=2, head_dim=64, block_size=16, dtype="fp16", rng=rng,
+                        window=window)
+    w = window or None
+    keys = ctx if w is None else np.minimum(ctx, w)
+    assert kv_bytes_read(prob) == int(keys.sum()) * 2 * 2 * 64 * 2
+    assert num_blocks_touched(prob) == int(decode_blocks_touched(ctx, 16, w).sum())
