@@ -230,8 +230,8 @@ class PreparedDecode:
         q = backend.asarray(p.q)
         if variant == "contiguous":
             pad = st.encode(np.array([np.nan], np.float32))[0]
-            kc = backend.asarray(gather_contiguous(p.k_pool, p.block_tables, p.context_lens, p.max_len, pad_value=pad))
-            vc = backend.asarray(gather_contiguous(p.v_pool, p.block_tables, p.context_lens, p.max_len, pad_value=pad))
+            kc, vc = (backend.asarray(gather_contiguous(backend.to_numpy(pool), p.block_tables, p.context_lens,
+                                                        p.max_len, pad_value=pad)) for pool in (p.k_pool, p.v_pool))
             self._decode = mod.get_function(f"contiguous_decode_{st.suffix}")
             self._args: tuple[Any, ...] = (self._out, tmp, es, ml, q, kc, vc, lens, np.int32(p.num_kv_heads),
                                            np.int32(p.max_len), *scalars)

@@ -15,7 +15,7 @@ from gpu.dtypes import StorageType, storage_type
 from gpu.errors import KernelInputError
 
 SUPPORTED_HEAD_DIMS = (64, 128, 256)
-SUPPORTED_BLOCK_SIZES = (8, 16, 32, 64, 128)
+SUPPORTED_BLOCK_SIZES = (8, 16, 32)
 UNUSED = -1  # block-table padding; kernels never read entries past a sequence's context
 
 

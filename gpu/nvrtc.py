@@ -157,10 +157,11 @@ def compile_source(source: str, *, arch: str = "sm_90", options: tuple[str, ...]
 
 
 def compile_kernel_file(name: str, *, arch: str = "sm_90", defines: dict[str, int] | None = None) -> CompileResult:
-    """Compile gpu/kernels/<name> with -D defines (e.g. {"HEAD_DIM": 128, "BLOCK_SIZE": 16})."""
-    path = KERNEL_DIR / name
-    opts = tuple(f"-D{k}={v}" for k, v in (defines or {}).items())
-    return compile_source(path.read_text(), arch=arch, options=opts, filename=name)
+    """Compile gpu/kernels/<name> with -D defines (e.g. {"HEAD_DIM": 128, "BLOCK_SIZE": 16}), from the
+    same text (headers inlined) that the CuPy backend hands to cupy.RawModule."""
+    from gpu.backend import define_options, kernel_source
+
+    return compile_source(kernel_source(name), arch=arch, options=define_options(defines or {}), filename=name)
 
 
 def nvcc_resource_usage(name: str, *, arch: str = "sm_90", defines: dict[str, int] | None = None,
