@@ -164,6 +164,7 @@ def sweep_point(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
     specs, _ = build_workload(exp)
     row = summary_row(simulate_system(exp, exp.systems[0], specs))
     row.update(sampling_columns(exp.workload.sampling))
+    row["series"] = str(params.get("system", exp.systems[0]))  # the line a plot draws it on ("paged")
     return row
 
 

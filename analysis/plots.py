@@ -102,8 +102,14 @@ def plot_memory_over_time(memory: pd.DataFrame, stem: Path, title: str = "", max
     return save_figure(fig, stem)
 
 
+def _series(df: pd.DataFrame) -> str | None:
+    """The column naming a line: `series` (a sweep's system axis value, e.g. "paged") or `system`."""
+    return "series" if "series" in df.columns else "system" if "system" in df.columns else None
+
+
 def _lines(ax: Axes, df: pd.DataFrame, x: str, y: str, scale: float = 1.0, label_prefix: str = "") -> None:
-    groups = df.groupby("system", sort=False) if "system" in df.columns else [("", df)]
+    col = _series(df)
+    groups = df.groupby(col, sort=False) if col else [("", df)]
     for system, g in groups:
         g = g.sort_values(x)
         yv = g[y].to_numpy(dtype=float) * scale
@@ -111,23 +117,38 @@ def _lines(ax: Axes, df: pd.DataFrame, x: str, y: str, scale: float = 1.0, label
 
 
 def plot_block_size_sweep(points: pd.DataFrame, stem: Path, title: str = "") -> list[Path]:
-    """A row of panels vs block size: memory waste (%), mean step time (ms), throughput (tokens/s)."""
+    """A row of panels vs block size: memory waste (%), mean step time (ms), throughput (tokens/s).
+
+    Rows without a block size (contiguous caches: block_size 0 or missing) are drawn as dashed
+    horizontal reference lines.
+    """
     _need(points, ["block_size", "internal_frag_pct", "throughput_tps"], "block-size sweep plot")
     df = points[points["status"] == "ok"] if "status" in points.columns else points
+    df = df.copy()
+    df["waste_pct"] = (df["internal_frag_pct"].fillna(0) + df.get("reserved_pct", 0.0).fillna(0)
+                       + df.get("external_frag_pct", 0.0).fillna(0))
+    if "mean_step_time_s" in df.columns:
+        df["mean_step_time_ms"] = df["mean_step_time_s"] * 1e3
+    paged = df[df["block_size"] > 0]
+    ref = df[~(df["block_size"] > 0)]
+    _need(paged, ["block_size"], "block-size sweep plot (rows with a block size)")
     fig = Figure(figsize=(12.0, 3.6), layout="constrained")
     a1, a2, a3 = fig.subplots(1, 3)
-    waste = df.copy()
-    waste["waste_pct"] = (waste["internal_frag_pct"].fillna(0) + waste["reserved_pct"].fillna(0)
-                          + waste["external_frag_pct"].fillna(0))
-    _lines(a1, waste, "block_size", "waste_pct", label_prefix="")
-    _lines(a1, waste, "block_size", "internal_frag_pct", label_prefix="internal: ")
+    _lines(a1, paged, "block_size", "waste_pct", label_prefix="")
+    _lines(a1, paged, "block_size", "internal_frag_pct", label_prefix="internal: ")
     a1.set_ylabel("wasted KV memory (% of pool)")
     a1.set_title("waste = reserved + internal + external", fontsize=9)
-    if "mean_step_time_s" in df.columns:
-        _lines(a2, df, "block_size", "mean_step_time_s", scale=1e3)
+    if "mean_step_time_ms" in df.columns:
+        _lines(a2, paged, "block_size", "mean_step_time_ms")
     a2.set_ylabel("mean step time (ms)")
     a2.set_title("scheduler step (forward pass) time", fontsize=9)
-    _lines(a3, df, "block_size", "throughput_tps")
+    _lines(a3, paged, "block_size", "throughput_tps")
+    styles = [("--", "0.35"), (":", "0.2"), ("-.", "0.5"), ((0, (5, 1)), "0.65")]
+    for ax, y in ((a1, "waste_pct"), (a2, "mean_step_time_ms"), (a3, "throughput_tps")):
+        for i, (_, r) in enumerate(ref.iterrows()):
+            if y in r and pd.notna(r[y]):
+                ls, color = styles[i % len(styles)]
+                ax.axhline(float(r[y]), ls=ls, lw=1.2, color=color, label=str(r.get("system", "")))
     a3.set_ylabel("throughput (tokens/s)")
     a3.set_title("throughput", fontsize=9)
     for ax in (a1, a2, a3):
@@ -184,12 +205,12 @@ def plot_sharing_savings(points: pd.DataFrame, stem: Path, title: str = "", x: s
     """Memory saved by block sharing (%) vs parallel samples n or beam width, one line per system."""
     _need(points, [x, "sharing_savings_pct"], "sharing savings plot")
     df = points[points["status"] == "ok"] if "status" in points.columns else points
-    fig = Figure(figsize=(5.5, 3.8), layout="constrained")
+    fig = Figure(figsize=(7.5, 4.0), layout="constrained")
     ax = fig.add_subplot()
-    _lines(ax, df, x, "sharing_savings_pct")
+    _lines(ax, df.sort_values(x), x, "sharing_savings_pct")
     ax.set_xlabel({"n": "parallel samples n", "beam_width": "beam width"}.get(x, x))
     ax.set_ylabel("KV memory saved by sharing (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, frameon=False)
-    ax.set_title(title or "Sharing savings", fontsize=10)
+    fig.suptitle(title or "Sharing savings", fontsize=9)
     return save_figure(fig, stem)

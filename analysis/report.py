@@ -56,7 +56,7 @@ def title_from_config(config: dict[str, Any]) -> str:
     n = wl.get("num_requests")
     if n:
         what += f", {n} requests"
-    if wl.get("rate"):
+    if wl.get("rate") and "rate" not in ((config.get("sweep") or {}).get("axes") or {}):
         what += f" at {wl['rate']:g} req/s"
     return ", ".join(p for p in (head, what.strip(", ")) if p) or "pagesim results"
 
@@ -92,45 +92,63 @@ def render_plots(bundle: ResultsBundle, title: str | None = None, reuse: bool = 
         attempt("latency_cdf", lambda: plots.plot_latency_cdf(
             bundle.requests, pdir / "latency_cdf", f"Latency CDFs: {t}"))
     if not ok.empty:
-        if _varies(ok, "block_size"):
+        axes = _sweep_axes(bundle.config, ok)
+        if "block_size" in axes:
             attempt("block_size_sweep", lambda: plots.plot_block_size_sweep(
-                _fixed_others(ok, "block_size"), pdir / "block_size_sweep", f"Block-size sweep: {t}"))
-        if _varies(ok, "rate"):
+                _fixed_others(ok, "block_size", axes), pdir / "block_size_sweep", f"Block-size sweep: {t}"))
+        if "rate" in axes:
             attempt("rate_sweep", lambda: plots.plot_rate_sweep(
-                _fixed_others(ok, "rate"), pdir / "rate_sweep", f"Rate sweep: {t}"))
+                _fixed_others(ok, "rate", axes), pdir / "rate_sweep", f"Rate sweep: {t}"))
         for x in ("n", "beam_width"):
             if _varies(ok, x):
                 attempt(f"sharing_{x}", functools.partial(
-                    plots.plot_sharing_savings, _fixed_others(ok, x), pdir / f"sharing_{x}",
+                    plots.plot_sharing_savings, _fixed_others(ok, x, [a for a in axes if a != "sampling"]), pdir / f"sharing_{x}",
                     f"Sharing savings: {t}", x=x))
         if _has_breakdown(ok):
             attempt("memory_breakdown", lambda: plots.plot_memory_breakdown(
-                _label_points(ok), pdir / "memory_breakdown", f"KV memory breakdown per sweep point: {t}"))
+                _label_points(ok, axes), pdir / "memory_breakdown", f"KV memory breakdown per sweep point: {t}"))
     return out
 
 
+#: Columns that may be sweep axes, for tables and for sweeps whose config does not list its axes.
 SWEEP_AXES: tuple[str, ...] = ("system", "block_size", "rate", "kv_capacity_tokens", "kv_budget_gb",
                                "sampling", "n", "beam_width")
+
+
+def _sweep_axes(config: dict[str, Any], ok: pd.DataFrame) -> list[str]:
+    """The axes with more than one value: from the saved sweep config, else guessed from the columns."""
+    axes = (config.get("sweep") or {}).get("axes") or {}
+    if axes:
+        return [a for a, v in axes.items() if isinstance(v, list) and len(v) > 1 and a in ok.columns]
+    return [a for a in SWEEP_AXES if _varies(ok, a)]
 
 
 def _varies(df: pd.DataFrame, col: str) -> bool:
     return col in df.columns and df[col].nunique(dropna=True) > 1
 
 
-def _fixed_others(df: pd.DataFrame, x: str) -> pd.DataFrame:
-    """Rows with the other sweep axes at their first value, so a line plot shows one axis at a time."""
+def _fixed_others(df: pd.DataFrame, x: str, axes: list[str]) -> pd.DataFrame:
+    """Rows with the other axes (but system) at their first value: a line plot shows one axis at a time.
+
+    Rows without a block size (contiguous caches, block_size 0) are kept whatever the block-size axis.
+    """
     keep = df
-    for a in SWEEP_AXES:
-        if a not in (x, "system") and a in keep.columns and keep[a].nunique(dropna=True) > 1:
-            keep = keep[keep[a] == keep[a].iloc[0]]
+    for a in axes:
+        if a in (x, "system") or a not in keep.columns or keep[a].nunique(dropna=True) <= 1:
+            continue
+        if a == "block_size":
+            first = keep.loc[keep[a] > 0, a].iloc[0]
+            keep = keep[(keep[a] == first) | ~(keep[a] > 0)]
+        else:
+            keep = keep[keep[a] == keep[a].dropna().iloc[0]]
     return keep
 
 
-def _label_points(df: pd.DataFrame) -> pd.DataFrame:
-    axes = [a for a in SWEEP_AXES if a != "system" and _varies(df, a)]
+def _label_points(df: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
+    shown = [a for a in axes if a not in ("system", "block_size") and a in df.columns]
     out = df.copy()
-    if axes:
-        out["system"] = [", ".join([str(r["system"])] + [f"{a}={r[a]}" for a in axes]) for _, r in df.iterrows()]
+    if shown:
+        out["system"] = [", ".join([str(r["system"])] + [f"{a}={r[a]}" for a in shown]) for _, r in df.iterrows()]
     return out.head(24)  # a bar chart of more points is unreadable; the table has all of them
 
 
