@@ -166,5 +166,5 @@ GRIDS: dict[str, BenchGrid] = {
     "goal": BenchGrid(batch_sizes=(32, 64), context_lens=(2048, 4096, 8192), context_modes=("fixed",),
                       block_sizes=(8, 16, 32), heads=((32, 32), (32, 8)), dtypes=("fp16",), name="goal"),
     "tiny": BenchGrid(batch_sizes=(3,), context_lens=(9, 40), block_sizes=(8, 16), heads=((4, 2),),
-                      head_dims=(32,), dtypes=("fp32",), name="tiny"),
+                      head_dims=(64,), dtypes=("fp32",), name="tiny"),
 }
