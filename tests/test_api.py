@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -51,7 +52,7 @@ def test_sweep_dedupes_contiguous_over_block_sizes_and_validates_first(tmp_path:
 
 
 def test_resume_with_a_changed_base_reruns_points(tmp_path: Path) -> None:
-    kw = {"executor": "serial", "num_requests": 10}
+    kw: dict[str, Any] = {"executor": "serial", "num_requests": 10}
     api.sweep({"block_size": [8]}, None, tmp_path, systems=["paged"], **kw)
     same = api.sweep_outcome({"block_size": [8]}, None, tmp_path, systems=["paged"], resume=True, **kw)
     assert (same.ran, same.skipped) == (0, 1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -38,7 +39,7 @@ def test_mixed_request_ids_survive_parquet(tmp_path: Path) -> None:
 
 
 def test_toml_round_trip_drops_none_keeps_nesting(tmp_path: Path) -> None:
-    cfg = {"model": "opt-13b", "systems": ["paged", "max"], "kv_capacity_tokens": None, "seed": 3,
+    cfg: dict[str, Any] = {"model": "opt-13b", "systems": ["paged", "max"], "kv_capacity_tokens": None, "seed": 3,
            "frac": 0.9, "on": True, "workload": {"preset": "sharegpt", "rate": 2.5, "trace": None},
            "scheduler": {"max_num_seqs": 64}, "weird key": "a\"b"}
     rio.write_config(tmp_path, cfg)
