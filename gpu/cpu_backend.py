@@ -30,7 +30,11 @@ DYN_SMEM_CAPACITY = 228 * 1024  # storage behind extern __shared__; launches are
 
 # -fno-strict-aliasing: kernels reinterpret 16-byte vectors as __half2 etc., as CUDA code does.
 # -fno-extern-tls-init: see CUDA_CPU_DEFINE_DYN_SMEM in the shim.
+# -fvisibility=hidden -fno-gnu-unique -Bsymbolic: every module keeps its own copy of the shim state and
+# of each kernel's `__shared__` arrays (template statics). Without them, two modules loaded in one
+# process (say HEAD_DIM 64 and 256) bind to one process-wide STB_GNU_UNIQUE copy sized for the first.
 _BASE_FLAGS = ("-std=c++20", "-fPIC", "-shared", "-fno-strict-aliasing", "-fno-extern-tls-init",
+               "-fvisibility=hidden", "-fvisibility-inlines-hidden", "-fno-gnu-unique", "-Wl,-Bsymbolic",
                "-Wall", "-Wno-unknown-pragmas", "-Wno-unused-variable", "-Wno-unused-function")
 _OPT_FLAGS = ("-O2",)
 _SANITIZE_FLAGS = ("-O1", "-g", "-fsanitize=address,undefined", "-fno-omit-frame-pointer",

@@ -558,12 +558,14 @@ template <class T> inline T shfl_(const char* file, int line, WarpOp op, unsigne
 #define __activemask() 0xffffffffu /* approximation: no lockstep warps to ask */
 
 // ---- exports used by the translation unit that cpu_backend.py generates ----
+// Modules are built with -fvisibility=hidden: only these entry points are visible to ctypes.
+#define CUDA_CPU_EXPORT __attribute__((visibility("default")))
 #define CUDA_CPU_EXPORT_KERNEL(name)                                                                              \
-  extern "C" int cuda_cpu_launch__##name(const unsigned* g, const unsigned* b, size_t smem, void** args, int nargs, \
+  extern "C" CUDA_CPU_EXPORT int cuda_cpu_launch__##name(const unsigned* g, const unsigned* b, size_t smem, void** args, int nargs, \
                                          char* err, size_t errlen) {                                              \
     return ::cuda_cpu::launch_kernel(&name, g, b, smem, args, nargs, err, errlen);                                \
   }                                                                                                               \
-  extern "C" int cuda_cpu_signature__##name(int* kinds, size_t* sizes, size_t* pointees, size_t* aligns, int max) { \
+  extern "C" CUDA_CPU_EXPORT int cuda_cpu_signature__##name(int* kinds, size_t* sizes, size_t* pointees, size_t* aligns, int max) { \
     return ::cuda_cpu::signature(&name, kinds, sizes, pointees, aligns, max);                                     \
   }
 
@@ -575,7 +577,7 @@ template <class T> inline T shfl_(const char* file, int line, WarpOp op, unsigne
       ::cuda_cpu::register_dyn_smem([]() -> void* { return static_cast<void*>(name); }, sizeof(name));
 
 #define CUDA_CPU_EXPORT_CONFIG()                                                                           \
-  extern "C" void cuda_cpu_configure(int schedule, unsigned seed, int strict, int workers, size_t stack_kb) { \
+  extern "C" CUDA_CPU_EXPORT void cuda_cpu_configure(int schedule, unsigned seed, int strict, int workers, size_t stack_kb) { \
     ::cuda_cpu::g_config.schedule = schedule;                                                              \
     ::cuda_cpu::g_config.seed = seed;                                                                      \
     ::cuda_cpu::g_config.strict = strict != 0;                                                             \
