@@ -25,11 +25,14 @@ if TYPE_CHECKING:  # pandas and the API load on first use, so `pagesim --help` s
     from sim.results import SimResult
 
 BREAKDOWN_PCT_COLUMNS = tuple(f"{c}_pct" for c in MEMORY_CATEGORIES)
+USED_PCT_COLUMNS = tuple(f"{c}_of_used_pct" for c in MEMORY_CATEGORIES if c != "free")
 EXECUTORS = ("process", "serial", "dask")  # analysis.sweep.EXECUTORS (a test checks they agree)
 
 _o, _err = Console(), Console(stderr=True)
 if not _o.is_terminal:  # piped or captured: do not squeeze the tables into 80 columns
     _o = Console(width=200)
+if not _err.is_terminal:
+    _err = Console(stderr=True, width=200)
 
 _HEADERS = {
     "token_states_pct": "token states %", "reserved_pct": "reserved %", "internal_frag_pct": "internal frag %",
@@ -38,6 +41,7 @@ _HEADERS = {
     "mean_ttft_s": "TTFT s", "mean_tpot_s": "TPOT s", "mean_normalized_latency_s_per_token": "norm. latency s/token",
     "num_preemptions": "preemptions", "sharing_savings_pct": "sharing saved %",
 }
+_HEADERS.update({f"{c}_of_used_pct": _HEADERS[f"{c}_pct"] for c in MEMORY_CATEGORIES})
 
 # ----------------------------------------------------------------------------------- shared options
 Config = Annotated[Path | None, typer.Option("--config", "-c", help="Experiment TOML file (CLI options override it).")]
@@ -145,6 +149,8 @@ def _table(df: pd.DataFrame, cols: list[str], title: str, fmt: Callable[[Any], s
                      no_wrap=c == "system")
     for _, row in df.iterrows():
         t.add_row(*[(fmt if fmt is not None and c.endswith("_pct") else _cell)(row[c]) for c in present])
+    if present and present[-1].endswith("_of_used_pct"):
+        t.caption = "token states + reserved + internal + speculative + external = 100% of the slots in use"
     return t
 
 
@@ -160,8 +166,12 @@ def _print_summary(df: pd.DataFrame, title: str, axes: tuple[str, ...] = ()) -> 
     if "status" in df.columns:
         df = df[df["status"] == "ok"]
     lead = ["system", *[a for a in axes if a != "system"]]
-    _o.print(_table(df, [*lead, *BREAKDOWN_PCT_COLUMNS], f"KV-cache memory breakdown (time-weighted): {title}",
-                    lambda v: f"{v:.1f}" if isinstance(v, float) and v == v else _cell(v)))
+    pct = lambda v: f"{v:.1f}" if isinstance(v, float) and v == v else _cell(v)  # noqa: E731
+    _o.print(_table(df, [*lead, *BREAKDOWN_PCT_COLUMNS],
+                    f"KV-cache memory breakdown, share of the pool (time-weighted): {title}", pct))
+    if all(c in df.columns for c in USED_PCT_COLUMNS):
+        _o.print(_table(df, [*lead, *USED_PCT_COLUMNS],
+                        "Share of the KV memory in use (the vLLM paper's Fig. 2)", pct))
     _o.print(_table(df, [*lead, "throughput_rps", "throughput_tps", "mean_batch_size", "mean_ttft_s",
                          "mean_tpot_s", "mean_normalized_latency_s_per_token", "num_preemptions",
                          "sharing_savings_pct"], "Throughput and latency"))

@@ -53,28 +53,44 @@ def _need(df: pd.DataFrame, cols: Sequence[str], what: str) -> None:
         raise ValueError(f"{what}: no rows to plot")
 
 
-def plot_memory_breakdown(summary: pd.DataFrame, stem: Path, title: str = "") -> list[Path]:
-    """Stacked bars: time-weighted share of the KV pool per memory category, one bar per system."""
-    cols = [f"{c}_pct" for c in MEMORY_CATEGORIES]
-    _need(summary, ["system", *cols], "memory breakdown plot")
+USED_COLUMNS: tuple[str, ...] = tuple(f"{c}_of_used_pct" for c in MEMORY_CATEGORIES if c != "free")
+
+
+def _stacked(ax: Axes, summary: pd.DataFrame, cats: Sequence[str], suffix: str, legend: bool) -> None:
     systems = summary["system"].astype(str).tolist()
-    fig = Figure(figsize=(max(5.0, 1.3 * len(systems) + 2.5), 4.2), layout="constrained")
-    ax = fig.add_subplot()
     x = np.arange(len(systems))
     bottom = np.zeros(len(systems))
-    for c, col in zip(MEMORY_CATEGORIES, cols, strict=True):
-        v = summary[col].to_numpy(dtype=float)
-        v = np.nan_to_num(v)
-        ax.bar(x, v, bottom=bottom, color=CATEGORY_COLORS[c], label=CATEGORY_LABELS[c], edgecolor="white", lw=0.5)
+    for c in cats:
+        v = np.nan_to_num(summary[f"{c}{suffix}"].to_numpy(dtype=float))
+        ax.bar(x, v, bottom=bottom, color=CATEGORY_COLORS[c], label=CATEGORY_LABELS[c] if legend else None,
+               edgecolor="white", lw=0.5)
         bottom += v
-    ts = np.nan_to_num(summary["token_states_pct"].to_numpy(dtype=float))
+    ts = np.nan_to_num(summary[f"token_states{suffix}"].to_numpy(dtype=float))
     for xi, t in zip(x, ts, strict=True):
         ax.text(float(xi), t / 2, f"{t:.1f}%", ha="center", va="center", color="white", fontsize=8, fontweight="bold")
-    ax.set_xticks(x, systems, rotation=20 if len(systems) > 3 else 0, ha="right" if len(systems) > 3 else "center")
-    ax.set_ylabel("share of KV-cache pool (%, time-weighted)")
+    many = len(systems) > 3
+    ax.set_xticks(x, systems, rotation=25 if many else 0, ha="right" if many else "center")
     ax.set_ylim(0, 100)
-    ax.set_title(title or "KV-cache memory breakdown", fontsize=10)
-    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
+
+
+def plot_memory_breakdown(summary: pd.DataFrame, stem: Path, title: str = "") -> list[Path]:
+    """Stacked bars per system: time-weighted share of the KV pool per memory category, and (when the
+    summary has the `*_of_used_pct` columns) the share of the memory in use, as in the vLLM paper's Fig. 2."""
+    cols = [f"{c}_pct" for c in MEMORY_CATEGORIES]
+    _need(summary, ["system", *cols], "memory breakdown plot")
+    used = all(c in summary.columns for c in USED_COLUMNS) and summary[list(USED_COLUMNS)].notna().any().any()
+    n = len(summary)
+    fig = Figure(figsize=((2 if used else 1) * max(3.5, 1.1 * n + 1.5) + 1.8, 4.4), layout="constrained")
+    axes = fig.subplots(1, 2 if used else 1, squeeze=False)[0]
+    _stacked(axes[0], summary, MEMORY_CATEGORIES, "_pct", legend=True)
+    axes[0].set_ylabel("share of KV-cache pool (%, time-weighted)")
+    axes[0].set_title("whole pool", fontsize=9)
+    if used:
+        _stacked(axes[1], summary, [c for c in MEMORY_CATEGORIES if c != "free"], "_of_used_pct", legend=False)
+        axes[1].set_ylabel("share of KV memory in use (%)")
+        axes[1].set_title("memory in use (vLLM paper Fig. 2 style)", fontsize=9)
+    fig.legend(loc="outside right center", fontsize=8, frameon=False)
+    fig.suptitle(title or "KV-cache memory breakdown", fontsize=10)
     return save_figure(fig, stem)
 
 

@@ -163,9 +163,11 @@ def _sections(bundle: ResultsBundle, figs: dict[str, Path]) -> list[Section]:
     if _has_breakdown(s):
         secs.append(Section(
             "memory-breakdown", "Where the KV-cache memory goes",
-            "Time-weighted share of the KV pool per category (the vLLM paper's Fig. 2). The six shares add "
-            "up to 100%. Waste = reserved + internal + external fragmentation.",
-            (s[[c for c in ("system", "point_id", *SWEEP_AXES[1:], *BREAKDOWN_PCT_COLUMNS) if c in s.columns]],),
+            "Time-weighted share of the KV pool per category; the six shares add up to 100%. The second "
+            "table (and the right-hand panel) leaves out free memory: shares of the memory in use, as in the "
+            "vLLM paper's Fig. 2. Waste = reserved + internal + external fragmentation.",
+            tuple(s[[c for c in ("system", "point_id", *SWEEP_AXES[1:], *cols) if c in s.columns]]
+                  for cols in (BREAKDOWN_PCT_COLUMNS, plots.USED_COLUMNS) if all(c in s.columns for c in cols)),
             tuple(figs[k] for k in ("memory_breakdown",) if k in figs)))
     secs.append(Section("performance", "Throughput and latency",
                         "Throughput, mean batch size and latencies per system or sweep point.",
