@@ -155,3 +155,20 @@ def test_cli_subprocess_exit_code() -> None:
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.strip() == ("pagesim replay: error: <stdin>:1: block_size not given (pass it as an "
                                   "option or in a first {\"op\": \"config\", ...} line)")
+
+
+def test_docs_memory_examples_run() -> None:
+    """docs/memory.md: the Python examples run and the replay example prints what it shows."""
+    import re
+
+    doc = (Path(__file__).parent.parent / "docs" / "memory.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", doc, re.S)
+    assert len(blocks) == 2
+    for i, code in enumerate(blocks):
+        exec(compile(code, f"docs/memory.md python block {i}", "exec"), {})  # noqa: S102
+    shown = re.search(r"\$ printf '%s\\n' (.*?)\| pagesim replay - (.*?)\n(.*?)```", doc, re.S)
+    assert shown is not None
+    ops = re.findall(r"'(\{.*?\})'", shown.group(1))
+    r = runner.invoke(app, ["replay", "-", *shown.group(2).split()], input="\n".join(ops) + "\n")
+    assert r.exit_code == 0, r.output
+    assert r.stdout.splitlines() == [x for x in shown.group(3).splitlines() if x.startswith("{")]
