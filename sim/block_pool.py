@@ -69,6 +69,38 @@ class BlockPool:
         self.ref_cnt[b] = 1
         return b
 
+    def get_new_blocks(self, n: int) -> list[int]:
+        """n blocks from get_new_block (same order and eviction), with the loop kept local for speed."""
+        if n > len(self.free_queue):
+            raise IndexError(f"{n} blocks requested, {len(self.free_queue)} free")
+        bh, ref = self.block_hash, self.ref_cnt
+        out = self.free_queue.popleft_n(n)
+        for b in out:
+            ref[b] = 1
+            h = bh[b]
+            if h is not None:
+                del self.cached[h]
+                bh[b] = None
+                self.num_evictions += 1
+        return out
+
+    def decref_all(self, blocks: list[int]) -> int:
+        """decref each block in the given order (same queue order as repeated decref); returns
+        how many became free."""
+        ref, bh = self.ref_cnt, self.block_hash
+        to_head: list[int] = []
+        to_tail: list[int] = []
+        for b in blocks:
+            c = ref[b] - 1
+            if c < 0:
+                raise ValueError(f"block {b}: reference count would go below 0")
+            ref[b] = c
+            if not c:
+                (to_head if bh[b] is None else to_tail).append(b)
+        self.free_queue.extendleft(to_head)
+        self.free_queue.extend(to_tail)
+        return len(to_head) + len(to_tail)
+
     def lookup(self, block_hash: int) -> int | None:
         """The block caching this content hash, or None."""
         return self.cached.get(block_hash)

@@ -76,6 +76,23 @@ class FreeBlockQueue:
         self._len -= 1
         return b
 
+    def popleft_n(self, n: int) -> list[int]:
+        """Remove and return the first n blocks (head first), relinking the list once."""
+        if n > self._len or n < 0:
+            raise IndexError(f"popleft_n({n}) from a FreeBlockQueue of {self._len}")
+        s, nxt, prv = self._n, self._next, self._prev
+        out = []
+        b = nxt[s]
+        for _ in range(n):
+            out.append(b)
+            nb = nxt[b]
+            nxt[b] = prv[b] = -1
+            b = nb
+        nxt[s] = b
+        prv[b] = s
+        self._len -= n
+        return out
+
     def append(self, block_id: int) -> None:
         """Add a block at the tail (taken last). ValueError if it is already queued or out of range."""
         self._check_absent(block_id)
@@ -97,6 +114,38 @@ class FreeBlockQueue:
         self._prev[block_id] = s
         self._next[s] = block_id
         self._len += 1
+
+    def extend(self, block_ids: list[int]) -> None:
+        """append each block in order (the last one ends at the tail), linking the chain once."""
+        if not block_ids:
+            return
+        for b in block_ids:
+            self._check_absent(b)
+        s, nxt, prv = self._n, self._next, self._prev
+        p = prv[s]
+        for b in block_ids:
+            nxt[p] = b
+            prv[b] = p
+            p = b
+        nxt[p] = s
+        prv[s] = p
+        self._len += len(block_ids)
+
+    def extendleft(self, block_ids: list[int]) -> None:
+        """appendleft each block in order (the last one ends at the head), like deque.extendleft."""
+        if not block_ids:
+            return
+        for b in block_ids:
+            self._check_absent(b)
+        s, nxt, prv = self._n, self._next, self._prev
+        h = nxt[s]
+        for b in block_ids:
+            prv[h] = b
+            nxt[b] = h
+            h = b
+        prv[h] = s
+        nxt[s] = h
+        self._len += len(block_ids)
 
     def remove(self, block_id: int) -> None:
         """Unlink a queued block by id. ValueError if it is not in the queue."""

@@ -213,7 +213,7 @@ class PagedKVCache:
             return False
         for b in hits:  # before taking new blocks, so eviction cannot take a hit
             pool.incref(b)
-        blocks = hits + [pool.get_new_block() for _ in range(need - len(hits))]
+        blocks = hits + pool.get_new_blocks(need - len(hits))
         n_hashed = 0
         if self.enable_prefix_caching and block_hashes:
             n_hashed = min(num_tokens // bs, len(block_hashes))
@@ -270,8 +270,10 @@ class PagedKVCache:
             elif pool.block_hash[last] is not None:
                 pool.uncache_block(last)  # a rolled-back full block is about to be overwritten
         new = -(-(old + n) // bs) - len(blocks)
-        for _ in range(new):
+        if new == 1:
             blocks.append(pool.get_new_block())
+        elif new:
+            blocks.extend(pool.get_new_blocks(new))
         self._num_refs += new
         t.num_tokens = old + n
         hi = 0
@@ -308,10 +310,9 @@ class PagedKVCache:
         t = self._table(seq_id)
         del self._tables[seq_id]
         self._cached_tokens.pop(seq_id, None)
-        decref = self._pool.decref
         live = t.blocks[t.num_dropped:]
-        for b in reversed(live):
-            decref(b)
+        live.reverse()
+        self._pool.decref_all(live)
         self._num_refs -= len(live)
         if self._sink is not None:
             self._sink({"op": "free", "seq": seq_id})

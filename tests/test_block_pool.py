@@ -80,3 +80,28 @@ def test_check_invariants_detects_ref_mismatch() -> None:
     p.ref_cnt[1] = 1  # in the free queue but referenced
     with pytest.raises(AssertionError, match="block 1"):
         p.check_invariants()
+
+
+def test_bulk_ops_match_single_ops() -> None:
+    """get_new_blocks / decref_all leave the same state as repeated get_new_block / decref."""
+    pools = [BlockPool(8, enable_caching=True) for _ in range(2)]
+    for p in pools:
+        for _ in range(4):
+            p.get_new_block()
+        p.cache_block(1, 41)
+        p.cache_block(3, 43)
+        for blk in (3, 0, 1, 2):
+            p.decref(blk)  # queue: 2 0 4 5 6 7 3 1 (uncached at the head, cached at the tail)
+    bulk, single = pools
+    assert bulk.get_new_blocks(7) == [single.get_new_block() for _ in range(7)]
+    assert bulk.num_evictions == single.num_evictions == 1 and bulk.cached == single.cached == {41: 1}
+    bulk.cache_block(0, 40)
+    single.cache_block(0, 40)
+    blocks = [6, 0, 2, 5]
+    assert bulk.decref_all(blocks) == 4
+    for x in blocks:
+        single.decref(x)
+    assert list(bulk.free_queue) == list(single.free_queue) and bulk.ref_cnt == single.ref_cnt
+    with pytest.raises(IndexError):
+        bulk.get_new_blocks(99)
+    bulk.check_invariants()

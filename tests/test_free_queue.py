@@ -49,6 +49,17 @@ def test_misuse_raises_with_block_id() -> None:
         FreeBlockQueue(-1)
 
 
+def test_bulk_ops_reject_bad_input() -> None:
+    q = FreeBlockQueue(3)
+    with pytest.raises(IndexError):
+        q.popleft_n(4)
+    q.popleft_n(2)
+    with pytest.raises(ValueError, match="block 2 is already"):
+        q.extend([0, 2])
+    with pytest.raises(ValueError, match="block 2 is already"):
+        q.extendleft([2])
+
+
 def test_zero_blocks() -> None:
     q = FreeBlockQueue(0)
     assert len(q) == 0 and q.peek() is None
@@ -68,9 +79,22 @@ def test_random_ops_match_list_model() -> None:
     q = FreeBlockQueue(n)
     model = list(range(n))
     for _ in range(3000):
-        r = rng.integers(4)
+        r = rng.integers(6)
         if r == 0 and model:
             assert q.popleft() == model.pop(0)
+        elif r == 4:
+            k = int(rng.integers(0, len(model) + 1))
+            assert q.popleft_n(k) == model[:k]
+            del model[:k]
+        elif r == 5:
+            absent = [b for b in range(n) if b not in model]
+            pick = [int(x) for x in rng.permutation(absent)[:3]]
+            if rng.integers(2):
+                q.extend(pick)
+                model.extend(pick)
+            else:
+                q.extendleft(pick)
+                model[:0] = pick[::-1]
         elif r == 1 and model:
             b = int(rng.choice(model))
             q.remove(b)
