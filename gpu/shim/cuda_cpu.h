@@ -28,6 +28,8 @@
 #include <utility>
 #include <vector>
 #include <sys/mman.h>
+#include <dlfcn.h>
+#include <link.h>
 #include <unistd.h>
 #if !defined(__x86_64__)
 #include <ucontext.h>
@@ -47,11 +49,13 @@ inline const char* op_name(WarpOp op) {
   return names[static_cast<int>(op)];
 }
 
-// A call site of a sync point; barriers and warp groups must agree on it.
+// A call site of a sync point (file, line and a per-expansion __COUNTER__ id, so two barriers on one
+// line differ); barriers and warp groups must agree on it.
 struct Site {
   const char* file = "";
   int line = 0;
-  bool operator==(const Site& o) const { return line == o.line && std::strcmp(file, o.file) == 0; }
+  int id = -1;
+  bool operator==(const Site& o) const { return id == o.id && line == o.line && std::strcmp(file, o.file) == 0; }
 };
 
 struct Fiber {
@@ -222,17 +226,18 @@ inline void prepare_fiber_stack(Fiber& f) {
 }
 
 // ---- sync points, called from kernel code through the macros at the end of this file ----
-inline void syncthreads(const char* file, int line) {
+inline void syncthreads(const char* file, int line, int id) {
   Fiber* f = t_fiber;
   f->state = State::kAtBarrier;
-  f->site = {file, line};
+  f->site = {file, line, id};
   yield_to_scheduler();
 }
 
-inline uint64_t warp_op(const char* file, int line, WarpOp op, unsigned mask, uint64_t in, int arg, int width) {
+inline uint64_t warp_op(const char* file, int line, int id, WarpOp op, unsigned mask, uint64_t in, int arg,
+                        int width) {
   Fiber* f = t_fiber;
   f->state = State::kAtWarp;
-  f->site = {file, line};
+  f->site = {file, line, id};
   f->op = op;
   f->mask = mask;
   f->in = in;
@@ -405,6 +410,59 @@ inline bool run_block(Worker& w, int nthreads) {
   }
 }
 
+// ---- shared memory poisoning ----
+// `__shared__` arrays are thread_locals of this module, so they all live in the module's TLS block
+// for the worker thread. Filling that block with 0xFF at the start of every block makes a read of
+// shared memory nobody wrote this block give NaN / -1 (on a GPU it is garbage), instead of a value
+// left by the previous block. The shim's own thread_locals (indices, worker, fiber) are kept.
+struct TlsBlock {
+  unsigned char* base = nullptr;
+  size_t size = 0;
+};
+inline int tls_size_of(struct dl_phdr_info* info, size_t, void* data) {
+  auto* want = static_cast<std::pair<uintptr_t, size_t>*>(data);
+  if (info->dlpi_addr != want->first) return 0;
+  for (int i = 0; i < info->dlpi_phnum; ++i)
+    if (info->dlpi_phdr[i].p_type == PT_TLS) want->second = info->dlpi_phdr[i].p_memsz;
+  return 1;
+}
+inline TlsBlock module_tls_block() {
+  TlsBlock r;
+  Dl_info info;
+  if (!dladdr(reinterpret_cast<void*>(&tls_size_of), &info) || !info.dli_fname) return r;
+  std::pair<uintptr_t, size_t> want{reinterpret_cast<uintptr_t>(info.dli_fbase), 0};
+  dl_iterate_phdr(tls_size_of, &want);
+  void* handle = dlopen(info.dli_fname, RTLD_LAZY | RTLD_NOLOAD);
+  if (!handle) return r;
+  void* block = nullptr;
+  threadIdx.x = 0;  // touch a thread_local so the calling thread's block is allocated
+  if (dlinfo(handle, RTLD_DI_TLS_DATA, &block) == 0 && block) {
+    r.base = static_cast<unsigned char*>(block);
+    r.size = want.second;
+  }
+  dlclose(handle);
+  return r;
+}
+inline void poison_shared_memory(const TlsBlock& tls) {
+  if (!tls.base) return;
+  const uint3 ti = threadIdx, bi = blockIdx;
+  const dim3 bd = blockDim, gd = gridDim;
+  Worker* const w = t_worker;
+  Fiber* const f = t_fiber;
+  // These statics never have their address taken, so without this the compiler may assume the
+  // memset cannot touch them and drop the "redundant" restores below. The asm makes them escape.
+  asm volatile("" ::"r"(&threadIdx), "r"(&blockIdx), "r"(&blockDim), "r"(&gridDim), "r"(&t_worker), "r"(&t_fiber)
+               : "memory");
+  std::memset(tls.base, 0xff, tls.size);
+  asm volatile("" ::: "memory");
+  threadIdx = ti;
+  blockIdx = bi;
+  blockDim = bd;
+  gridDim = gd;
+  t_worker = w;
+  t_fiber = f;
+}
+
 struct Launch {
   dim3 grid, block;
   size_t dyn_smem;
@@ -440,14 +498,18 @@ inline std::string launch(const Launch& L) {
     blockDim = L.block;
     gridDim = L.grid;
     (void)worker_id;
+    const TlsBlock tls = module_tls_block();
     for (;;) {
       const size_t b = next.fetch_add(1);
       if (b >= nblocks || failed.load()) break;
       blockIdx = {static_cast<unsigned>(b % L.grid.x), static_cast<unsigned>((b / L.grid.x) % L.grid.y),
                   static_cast<unsigned>(b / (static_cast<size_t>(L.grid.x) * L.grid.y))};
       w.rng.seed(g_config.seed * 1000003u + static_cast<unsigned>(b));  // same order whatever the worker
-      for (const auto& d : dyn_smem_registry())  // poison: reads before writes give NaN / -1
-        std::memset(d.get(), 0xff, std::min(d.capacity, L.dyn_smem));
+      if (tls.base) {
+        poison_shared_memory(tls);  // static and dynamic __shared__ alike
+      } else {  // no TLS block found (unusual loader): poison at least the dynamic arrays
+        for (const auto& d : dyn_smem_registry()) std::memset(d.get(), 0xff, std::min(d.capacity, L.dyn_smem));
+      }
       for (unsigned i = 0; i < nthreads; ++i) {
         Fiber& f = w.fibers[i];
         f.linear = static_cast<int>(i);
@@ -530,11 +592,12 @@ inline int signature(void (*)(A...), int* kinds, size_t* sizes, size_t* pointees
   return static_cast<int>(sizeof...(A));
 }
 
-inline void syncwarp_(const char* file, int line, unsigned mask = 0xffffffffu) {
-  warp_op(file, line, WarpOp::kSyncwarp, mask, 0, 0, 32);
+inline void syncwarp_(const char* file, int line, int id, unsigned mask = 0xffffffffu) {
+  warp_op(file, line, id, WarpOp::kSyncwarp, mask, 0, 0, 32);
 }
-template <class T> inline T shfl_(const char* file, int line, WarpOp op, unsigned mask, T var, int arg, int width = 32) {
-  return from_bits<T>(warp_op(file, line, op, mask, to_bits(var), arg, width));
+template <class T>
+inline T shfl_(const char* file, int line, int id, WarpOp op, unsigned mask, T var, int arg, int width = 32) {
+  return from_bits<T>(warp_op(file, line, id, op, mask, to_bits(var), arg, width));
 }
 
 }  // namespace cuda_cpu
@@ -542,18 +605,19 @@ template <class T> inline T shfl_(const char* file, int line, WarpOp op, unsigne
 // ---------------------------------------------------------------------------------------------
 // CUDA sync and warp intrinsics; the macros capture the call site for the divergence checks
 // ---------------------------------------------------------------------------------------------
-#define __syncthreads() ::cuda_cpu::syncthreads(__FILE__, __LINE__)
-#define __syncwarp(...) ::cuda_cpu::syncwarp_(__FILE__, __LINE__ __VA_OPT__(, ) __VA_ARGS__)
-#define __shfl_sync(...) ::cuda_cpu::shfl_(__FILE__, __LINE__, ::cuda_cpu::WarpOp::kShflIdx, __VA_ARGS__)
-#define __shfl_up_sync(...) ::cuda_cpu::shfl_(__FILE__, __LINE__, ::cuda_cpu::WarpOp::kShflUp, __VA_ARGS__)
-#define __shfl_down_sync(...) ::cuda_cpu::shfl_(__FILE__, __LINE__, ::cuda_cpu::WarpOp::kShflDown, __VA_ARGS__)
-#define __shfl_xor_sync(...) ::cuda_cpu::shfl_(__FILE__, __LINE__, ::cuda_cpu::WarpOp::kShflXor, __VA_ARGS__)
+#define __syncthreads() ::cuda_cpu::syncthreads(__FILE__, __LINE__, __COUNTER__)
+#define __syncwarp(...) ::cuda_cpu::syncwarp_(__FILE__, __LINE__, __COUNTER__ __VA_OPT__(, ) __VA_ARGS__)
+#define CUDA_CPU_SITE_ __FILE__, __LINE__, __COUNTER__
+#define __shfl_sync(...) ::cuda_cpu::shfl_(CUDA_CPU_SITE_, ::cuda_cpu::WarpOp::kShflIdx, __VA_ARGS__)
+#define __shfl_up_sync(...) ::cuda_cpu::shfl_(CUDA_CPU_SITE_, ::cuda_cpu::WarpOp::kShflUp, __VA_ARGS__)
+#define __shfl_down_sync(...) ::cuda_cpu::shfl_(CUDA_CPU_SITE_, ::cuda_cpu::WarpOp::kShflDown, __VA_ARGS__)
+#define __shfl_xor_sync(...) ::cuda_cpu::shfl_(CUDA_CPU_SITE_, ::cuda_cpu::WarpOp::kShflXor, __VA_ARGS__)
 #define __ballot_sync(mask, pred) \
-  (static_cast<unsigned>(::cuda_cpu::warp_op(__FILE__, __LINE__, ::cuda_cpu::WarpOp::kBallot, (mask), (pred) ? 1 : 0, 0, 32)))
+  (static_cast<unsigned>(::cuda_cpu::warp_op(CUDA_CPU_SITE_, ::cuda_cpu::WarpOp::kBallot, (mask), (pred) ? 1 : 0, 0, 32)))
 #define __any_sync(mask, pred) \
-  (static_cast<int>(::cuda_cpu::warp_op(__FILE__, __LINE__, ::cuda_cpu::WarpOp::kAny, (mask), (pred) ? 1 : 0, 0, 32)))
+  (static_cast<int>(::cuda_cpu::warp_op(CUDA_CPU_SITE_, ::cuda_cpu::WarpOp::kAny, (mask), (pred) ? 1 : 0, 0, 32)))
 #define __all_sync(mask, pred) \
-  (static_cast<int>(::cuda_cpu::warp_op(__FILE__, __LINE__, ::cuda_cpu::WarpOp::kAll, (mask), (pred) ? 1 : 0, 0, 32)))
+  (static_cast<int>(::cuda_cpu::warp_op(CUDA_CPU_SITE_, ::cuda_cpu::WarpOp::kAll, (mask), (pred) ? 1 : 0, 0, 32)))
 #define __trap() ::cuda_cpu::trap("__trap()", __FILE__, __LINE__)
 #define __activemask() 0xffffffffu /* approximation: no lockstep warps to ask */
 
