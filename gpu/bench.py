@@ -31,7 +31,7 @@ from gpu.bench_output import (
     overhead_pct,
     write_parquet,
 )
-from gpu.bench_timing import CupyL2Flusher, Launch, Timer, should_flush, summarize
+from gpu.bench_timing import FLUSH_POLICIES, CupyL2Flusher, Launch, Timer, should_flush, summarize
 from gpu.layout import gather_tokens
 from gpu.reference import decode_attention
 
@@ -42,7 +42,7 @@ TOLERANCE = {"fp32": 1e-4, "fp16": 5e-3, "bf16": 4e-2}
 CONTIGUOUS_TILE = 16
 #: The reference check reads at most this many (token x query head) rows; longer batches are checked
 #: on a deterministic subset of sequences (the longest, the shortest, then evenly spaced ones).
-CHECK_BUDGET = 1 << 22
+CHECK_BUDGET = 1 << 20
 
 
 @dataclass(slots=True, frozen=True)
@@ -53,6 +53,13 @@ class BenchOptions:
     warmup: int = 10
     flush: str = "auto"
     check: bool = True
+
+    def check_invariants(self) -> None:
+        """Raise ValueError naming the option that is out of range."""
+        if self.reps < 1 or self.warmup < 0:
+            raise ValueError(f"reps must be >= 1 and warmup >= 0 (got {self.reps}, {self.warmup})")
+        if self.flush not in FLUSH_POLICIES:
+            raise ValueError(f"flush policy must be one of {FLUSH_POLICIES} (got {self.flush!r})")
 
 
 @dataclass(slots=True)
@@ -159,6 +166,7 @@ def run_bench(configs: Iterable[BenchConfig], *, backend: Backend | str, timer: 
     from device.l2_bytes on the cupy backend, none on the CPU). `on_config(cfg, status)` is called
     after each config with status "measured", "resumed" or "skipped" (a progress bar hook)."""
     opts = options or BenchOptions()
+    opts.check_invariants()
     be = get_backend(backend)
     if flusher is None and be.name == "cupy" and device.l2_bytes > 0 and opts.flush != "never":
         flusher = CupyL2Flusher(device.l2_bytes)

@@ -161,7 +161,7 @@ class BenchGrid:
 #: shim (shapes small enough that a launch takes milliseconds there).
 GRIDS: dict[str, BenchGrid] = {
     "full": BenchGrid(name="full"),
-    "quick": BenchGrid(batch_sizes=(1, 32), context_lens=(512, 4096), block_sizes=(16, 32),
+    "quick": BenchGrid(batch_sizes=(1, 32), context_lens=(512, 2048), block_sizes=(16, 32),
                        heads=((32, 8),), dtypes=("fp16",), name="quick"),
     "goal": BenchGrid(batch_sizes=(32, 64), context_lens=(2048, 4096, 8192), context_modes=("fixed",),
                       block_sizes=(8, 16, 32), heads=((32, 32), (32, 8)), dtypes=("fp16",), name="goal"),
