@@ -12,7 +12,7 @@ import math
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -173,12 +173,12 @@ def run_bench(configs: Iterable[BenchConfig], *, backend: Backend | str, timer: 
     measurer = _Measurer(timer, opts, device.l2_bytes, flusher)
     report = BenchReport(table=pd.DataFrame())
     cases = _Cases()
-    baselines: dict[tuple[object, ...], float] = {}  # (shape_key, split, tile) -> contiguous median
+    baselines: dict[tuple[str, bool, int], float] = {}  # (contiguous config_id, split, tile) -> median
     torch_reason = _torch_unavailable(be)
     with TimingsWriter(out_csv, resume=resume, overwrite=overwrite, device=device.name) as writer:
         for r in writer.done.values():  # resumed contiguous rows are baselines too
             if r["variant"] == "contiguous":
-                baselines[(_shape_key_of(r), r["split"] == "True", CONTIGUOUS_TILE)] = float(r["latency_s"])
+                baselines[(r["config_id"], r["split"] == "True", CONTIGUOUS_TILE)] = float(r["latency_s"])
         for cfg in configs:
             cid = cfg.config_id
             if cid in writer.done:
@@ -191,25 +191,18 @@ def run_bench(configs: Iterable[BenchConfig], *, backend: Backend | str, timer: 
                 row = _measure(cfg, be, measurer, cases, baselines, device, opts)
                 writer.write(row)
                 report.measured.append(cid)
-                if row["check_ok"] is False:
-                    report.failed_checks.append(cid)
                 status = "measured"
             if on_config is not None:
                 on_config(cfg, status)
     table = load_timings(out_csv)
     write_parquet(table, out_csv.with_suffix(".parquet"))
     report.table = table
+    report.failed_checks = table.loc[table["check_ok"].eq(False), "config_id"].tolist()  # resumed rows too
     return report
 
 
-def _shape_key_of(r: dict[str, str]) -> tuple[object, ...]:
-    mixed = r["context_mode"] == "mixed"
-    return (int(r["batch_size"]), int(r["context_len_max"]), r["context_mode"], int(r["num_heads"]),
-            int(r["num_kv_heads"]), int(r["head_dim"]), r["dtype"], int(r["seed"]) if mixed else 0)
-
-
 def _measure(cfg: BenchConfig, be: Backend, measurer: _Measurer, cases: _Cases,
-             baselines: dict[tuple[object, ...], float], device: DeviceInfo, opts: BenchOptions) -> dict[str, Any]:
+             baselines: dict[tuple[str, bool, int], float], device: DeviceInfo, opts: BenchOptions) -> dict[str, Any]:
     paged = cfg.variant in ("paged", "partitioned")
     case = cases.get(cfg, cfg.block_size if paged else CONTIGUOUS_TILE)
     p = case.problem
@@ -235,10 +228,11 @@ def _measure(cfg: BenchConfig, be: Backend, measurer: _Measurer, cases: _Cases,
         err, checked = float(np.max(np.abs(out - case.reference()), initial=0.0)), len(case.subset)
     del launch, output  # free device buffers before a baseline is prepared
     baseline = math.nan
+    contiguous_id = replace(cfg, variant="contiguous", block_size=0).config_id  # names the shape
     if cfg.variant == "contiguous":
-        baselines[(cfg.shape_key, split, CONTIGUOUS_TILE)] = stats.median
+        baselines[(contiguous_id, split, CONTIGUOUS_TILE)] = stats.median
     elif paged:
-        key = (cfg.shape_key, split, cfg.block_size)
+        key = (contiguous_id, split, cfg.block_size)
         if key not in baselines:
             base = attention.prepare(p, "contiguous", be, partitioned=split)
             baselines[key] = measurer.time(base, working_set_bytes(p, split))[0].median

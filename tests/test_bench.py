@@ -337,6 +337,9 @@ def test_failed_reference_check_is_reported(tmp_path: Path, monkeypatch: pytest.
                     out_csv=tmp_path / "t.csv", options=BenchOptions(reps=1, warmup=0))
     assert rep.failed_checks == [configs[0].config_id]
     assert not rep.table["check_ok"].iloc[0] and rep.table["max_abs_err"].iloc[0] > 0
+    again = run_bench(configs, backend="cpu", timer=FakeTimer([1e-3]), device=cpu_device(),
+                      out_csv=tmp_path / "t.csv", resume=True)
+    assert again.resumed == again.failed_checks == [configs[0].config_id]  # a resumed failure still counts
 
 
 def test_check_subset_stays_within_budget() -> None:
