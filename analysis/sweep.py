@@ -15,6 +15,7 @@ import json
 import math
 import multiprocessing
 import signal
+import sys
 import time
 import traceback
 from collections.abc import Callable, Generator, Mapping, Sequence
@@ -148,7 +149,7 @@ def run_sweep(
     out = Path(out_dir)
     log = PointLog(out / POINTS_FILE)
     if log.path.exists() and not resume:
-        raise ValueError(f"{log.path} exists: pass --resume to continue that sweep, or choose a new --out")
+        raise ValueError(f"{log.path} exists: resume that sweep (--resume, resume=True) or choose another output directory")
     out.mkdir(parents=True, exist_ok=True)
     log.repair()
     done = log.read()
@@ -200,8 +201,10 @@ def _run_processes(
     if not pending:
         return
     n = min(workers or multiprocessing.cpu_count(), len(pending))
-    # spawn: no fork of a parent that may run threads (progress bar); fn must be importable.
-    ctx = multiprocessing.get_context("spawn")
+    # Linux: fork, so a script without an `if __name__ == "__main__":` guard works and workers start
+    # fast (the progress bar refreshes without a thread, so nothing is mid-lock at fork time).
+    # Elsewhere spawn (fork is unsafe on macOS): `fn` must be importable and scripts need the guard.
+    ctx = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
     pool = ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_ignore_sigint)
     futures: set[Future[dict[str, Any]]] = set()
     try:
@@ -272,14 +275,17 @@ class _progress:
         self._p = Progress(
             TextColumn("sweep"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[failed]} failed"),
             TimeRemainingColumn(), console=Console(stderr=True), transient=False,
+            auto_refresh=False,  # no refresh thread: worker processes are forked from this one
         )
         self._p.start()
         task = self._p.add_task("sweep", total=self.total, completed=self.already, failed=0)
+        self._p.refresh()
         failed = [0]
 
         def advance(rec: Mapping[str, Any]) -> None:
             failed[0] += rec["status"] == "failed"
             self._p.update(task, advance=1, failed=failed[0])
+            self._p.refresh()
 
         return advance
 

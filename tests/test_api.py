@@ -70,3 +70,9 @@ def test_sweep_on_a_dask_cluster_with_the_real_point_function(tmp_path: Path) ->
     assert (df["status"] == "ok").all() and df["rate"].tolist() == [2.0, 8.0]
     assert df.loc[1, "throughput_rps"] > df.loc[0, "throughput_rps"]
     assert len(pd.read_csv(tmp_path / "summary.csv")) == 2
+
+
+def test_sweep_in_worker_processes_with_the_real_point_function(tmp_path: Path) -> None:
+    df = api.sweep({"block_size": [8, 32]}, None, tmp_path, executor="process", workers=2, systems=["paged"],
+                   num_requests=15)
+    assert (df["status"] == "ok").all() and df["system"].tolist() == ["paged-8", "paged-32"]

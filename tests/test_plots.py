@@ -39,6 +39,15 @@ def test_memory_breakdown(tmp_path: Path) -> None:
     _check(plots.plot_memory_breakdown(_summary(), tmp_path / "mb", "OPT-13B on A100-40GB, ShareGPT"))
 
 
+def test_memory_breakdown_with_the_fig2_panel(tmp_path: Path) -> None:
+    s = _summary()
+    for c in ("token_states", "reserved", "internal_frag", "speculative", "external_frag"):
+        s[f"{c}_of_used_pct"] = 20.0
+    paths = plots.plot_memory_breakdown(s, tmp_path / "mb", "t")
+    _check(paths)
+    assert paths[1].read_text().count("memory in use") >= 1  # the second panel's title is in the SVG
+
+
 def test_memory_over_time_two_systems(tmp_path: Path) -> None:
     mem = pd.concat([frames.memory_frame(fake_result("a")), frames.memory_frame(fake_result("b", seed=5))])
     _check(plots.plot_memory_over_time(mem, tmp_path / "mt", "t", max_points=10))
