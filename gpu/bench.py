@@ -31,7 +31,15 @@ from gpu.bench_output import (
     overhead_pct,
     write_parquet,
 )
-from gpu.bench_timing import FLUSH_POLICIES, CupyL2Flusher, Launch, Timer, should_flush, summarize
+from gpu.bench_timing import (
+    FLUSH_POLICIES,
+    CupyL2Flusher,
+    Launch,
+    Timer,
+    TimingStats,
+    should_flush,
+    summarize,
+)
 from gpu.layout import gather_tokens
 from gpu.reference import decode_attention
 
@@ -149,7 +157,7 @@ class _Measurer:
     def __init__(self, timer: Timer, options: BenchOptions, l2_bytes: int, flusher: Launch | None) -> None:
         self.timer, self.options, self.l2_bytes, self.flusher = timer, options, l2_bytes, flusher
 
-    def time(self, launch: Launch, ws_bytes: int) -> tuple[Any, bool]:
+    def time(self, launch: Launch, ws_bytes: int) -> tuple[TimingStats, bool]:
         flush = should_flush(ws_bytes, self.l2_bytes, self.options.flush) and self.flusher is not None
         samples = self.timer.measure(launch, reps=self.options.reps, warmup=self.options.warmup,
                                      flush=self.flusher if flush else None)
@@ -207,26 +215,24 @@ def _measure(cfg: BenchConfig, be: Backend, measurer: _Measurer, cases: _Cases,
     case = cases.get(cfg, cfg.block_size if paged else CONTIGUOUS_TILE)
     p = case.problem
     kv_bytes, blocks = attention.kv_bytes_read(p), attention.num_blocks_touched(p) if paged else 0
+    runner: Any  # PreparedDecode or TorchSdpa: call = one launch, output() = float32 result
     if cfg.variant == "torch_sdpa":
         from gpu.bench_torch import TorchSdpa
 
-        sdpa = TorchSdpa(p)
-        launch: Launch = sdpa
-        output: Callable[[], np.ndarray] = sdpa.output
-        split, kv_bytes = False, sdpa.kv_bytes
+        runner = TorchSdpa(p)
+        split, kv_bytes = False, runner.kv_bytes
     else:
         # contiguous: split or not by the rule a server applies (choose_variant); paged: by variant
         want = None if cfg.variant == "contiguous" else cfg.variant == "partitioned"
-        prepared = attention.prepare(p, cfg.variant, be, partitioned=want)
-        split = prepared.partitioned
-        launch, output = prepared, prepared.output
-    stats, flushed = measurer.time(launch, working_set_bytes(p, split))
+        runner = attention.prepare(p, cfg.variant, be, partitioned=want)
+        split = runner.partitioned
+    stats, flushed = measurer.time(runner, working_set_bytes(p, split))
     err, checked = math.nan, 0
     if opts.check:
-        launch()
-        out = output()[case.subset]
+        runner()
+        out = runner.output()[case.subset]
         err, checked = float(np.max(np.abs(out - case.reference()), initial=0.0)), len(case.subset)
-    del launch, output  # free device buffers before a baseline is prepared
+    del runner  # free its device buffers before a baseline is prepared
     baseline = math.nan
     contiguous_id = replace(cfg, variant="contiguous", block_size=0).config_id  # names the shape
     if cfg.variant == "contiguous":
