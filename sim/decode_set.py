@@ -1,0 +1,170 @@
+"""Single-sequence decodes advanced lazily: the common case costs O(1) per step plus O(1) per event.
+
+Every member decodes one token per step, so its counters are `stored value + steps since the last
+mark`. Only block-boundary crossings (a new block every block_size tokens) and finishes are events,
+found in dicts keyed by the step they happen in. The per-step context array the latency model needs
+is one vector add; memory sums are kept incrementally.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from itertools import count
+
+import numpy as np
+
+from sim.sequence import SeqTable
+
+_EMPTY = np.zeros(0, dtype=np.int64)
+
+
+class DecodeSet:
+    """The running single sequences past their prefill (no drafts, no siblings).
+
+    For a member slot s: true ctx = table.ctx[s] + (sched - ctx_mark); true gen = table.gen[s] +
+    (done - gen_mark); nblk, synced and share in the table are exact. `sched` counts scheduled steps,
+    `done` completed ones (sched == done + 1 while a step is in flight). Members join only between
+    steps (so they decode in every step counted since they joined).
+    Invariants (check_invariants): sums equal the members' true values; each member has one live
+    crossing event (paged) and one finish event, at future steps.
+    """
+
+    def __init__(self, table: SeqTable, block_size: int) -> None:
+        self.t = table
+        self.b = block_size  # 0: contiguous, no crossings
+        self.sched = 0
+        self.done = 0
+        self.ctx_mark = 0
+        self.gen_mark = 0
+        self.members: dict[int, int] = {}  # slot -> epoch (a re-joined slot gets a new epoch)
+        self._epochs = count()
+        self._cross: dict[int, list[tuple[int, int]]] = {}
+        self._fin: dict[int, list[tuple[int, int]]] = {}
+        self._slots = _EMPTY
+        self._base = _EMPTY
+        self._stale = False
+        self.sum_ctx = 0  # of table.ctx (stored values), true sum adds n * (sched - ctx_mark)
+        self.sum_alloc = 0  # paged: nblk * b; contiguous: share
+        self.sum_capf = 0  # sum of min(alloc, final)
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def __contains__(self, slot: int) -> bool:
+        return slot in self.members
+
+    # ---- lazy counters --------------------------------------------------------------------------
+    def slots(self) -> np.ndarray:
+        """Member slots (insertion order) as an array."""
+        if self._stale:
+            self._slots = np.fromiter(self.members, dtype=np.int64, count=len(self.members))
+            self._base = self.t.ctx[self._slots] - self.ctx_mark
+            self._stale = False
+        return self._slots
+
+    def materialize(self) -> None:
+        """Write the members' true ctx and gen into the table (before any member changes)."""
+        dc, dg = self.sched - self.ctx_mark, self.done - self.gen_mark
+        if self.members and (dc or dg):
+            s = self.slots()
+            if dc:
+                self.t.ctx[s] += dc
+                self.sum_ctx += dc * len(self.members)  # _base = ctx - ctx_mark is unchanged
+            if dg:
+                self.t.gen[s] += dg
+        self.ctx_mark, self.gen_mark = self.sched, self.done
+
+    def _alloc_capf(self, s: int) -> tuple[int, int]:
+        t = self.t
+        alloc = int(t.nblk[s]) * self.b if self.b else int(t.share[s])
+        return alloc, min(alloc, int(t.final[s]))
+
+    def join(self, s: int) -> None:
+        """Add a slot whose table counters are exact; it decodes from the next step on."""
+        assert self.sched == self.done, "members join only between steps"
+        self.materialize()
+        t = self.t
+        e = next(self._epochs)
+        self.members[s] = e
+        self._stale = True
+        self.sum_ctx += int(t.ctx[s])
+        a, c = self._alloc_capf(s)
+        self.sum_alloc += a
+        self.sum_capf += c
+        ctx, gen = int(t.ctx[s]), int(t.gen[s])
+        if self.b:  # the step whose append finds the last block full
+            self._cross.setdefault(int(t.nblk[s]) * self.b - ctx + self.sched + 1, []).append((s, e))
+        self._fin.setdefault(int(t.olen[s]) - gen + self.done, []).append((s, e))
+
+    def leave(self, s: int) -> None:
+        """Remove a member; its table counters become exact."""
+        self.materialize()
+        del self.members[s]
+        self._stale = True
+        self.sum_ctx -= int(self.t.ctx[s])
+        a, c = self._alloc_capf(s)
+        self.sum_alloc -= a
+        self.sum_capf -= c
+
+    # ---- a step -------------------------------------------------------------------------------
+    def crossing(self) -> list[int]:
+        """Members whose next append (in the next scheduled step) needs a new block."""
+        lst = self._cross.get(self.sched + 1)
+        if not lst:
+            return []
+        live = [(s, e) for s, e in lst if self.members.get(s) == e]
+        self._cross[self.sched + 1] = live
+        return [s for s, _ in live]
+
+    def advance(self, append: Callable[[int, int], None]) -> np.ndarray:
+        """Schedule one step: every member appends a token; crossing members get a block through
+        `append(slot, tokens to report)`. Returns the members' context lengths after the append."""
+        self.sched += 1
+        lst = self._cross.pop(self.sched, None)
+        if lst:
+            t, b, members = self.t, self.b, self.members
+            for s, e in lst:
+                if members.get(s) != e:
+                    continue
+                true_ctx = int(t.ctx[s]) + self.sched - self.ctx_mark
+                append(s, true_ctx - int(t.synced[s]))
+                t.synced[s] = true_ctx
+                nb = int(t.nblk[s])
+                fin = int(t.final[s])
+                t.nblk[s] = nb + 1
+                self.sum_alloc += b
+                self.sum_capf += min((nb + 1) * b, fin) - min(nb * b, fin)
+                self._cross.setdefault(self.sched + b, []).append((s, e))
+        if not self.members:
+            return _EMPTY
+        self.slots()
+        return self._base + self.sched
+
+    def finishing(self) -> list[int]:
+        """Mark the in-flight step done; returns members whose last token it produced."""
+        self.done += 1
+        lst = self._fin.pop(self.done, None)
+        if not lst:
+            return []
+        return [s for s, e in lst if self.members.get(s) == e]
+
+    # ---- sums and checks ----------------------------------------------------------------------
+    def true_sum_ctx(self) -> int:
+        """Sum of the members' true ctx."""
+        return self.sum_ctx + (self.sched - self.ctx_mark) * len(self.members)
+
+    def check_invariants(self) -> None:
+        """Raise AssertionError if the kept sums or events disagree with the members."""
+        self.materialize()
+        s = self.slots()
+        t = self.t
+        alloc = t.nblk[s] * self.b if self.b else t.share[s]
+        assert self.sum_ctx == int(t.ctx[s].sum()), f"sum_ctx {self.sum_ctx} != {int(t.ctx[s].sum())}"
+        assert self.sum_alloc == int(alloc.sum()), "sum_alloc drifted"
+        assert self.sum_capf == int(np.minimum(alloc, t.final[s]).sum()), "sum_capf drifted"
+        fins = {x for k, v in self._fin.items() if k > self.done for x in v}
+        crosses = {x for k, v in self._cross.items() if k > self.sched for x in v}
+        for slot, e in self.members.items():
+            assert (slot, e) in fins, f"member slot {slot} has no finish event"
+            assert not self.b or (slot, e) in crosses, f"member slot {slot} has no crossing event"
+            assert t.gen[slot] < t.olen[slot], f"member slot {slot} is past its output length"

@@ -1,0 +1,315 @@
+"""The SimPy engine: arrivals, the step loop and aborts on a simulated clock; results out.
+
+One SimPy process walks the workload in arrival order and queues each request (a timeout per
+distinct arrival time); cancel times are timeouts whose callbacks abort the request at once. The
+step loop asks the scheduler for a batch, samples memory, advances the clock by the latency model's
+step time (plus swap transfers) with one timeout, then applies the step. No I/O: the op log goes to
+the caller's `op_sink`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Generator, Iterable
+from typing import Any, cast
+
+import numpy as np
+import simpy
+
+from sim.config import ContiguousCacheSpec, PagedCacheSpec, SimConfig, resolve, system_label
+from sim.contiguous_cache import ContiguousKVCache
+from sim.kv_ops import KVOps
+from sim.latency import BatchShape, LatencyModel, load_latency_model
+from sim.lifecycle import abort_group, admit_request, complete_step
+from sim.memory_breakdown import Breakdown, from_sums
+from sim.metrics import StepTotals, request_record, summarize
+from sim.paged_cache import PagedKVCache
+from sim.request import RequestSpec, SpecError
+from sim.results import MemorySample, SimResult, StepRecord
+from sim.scheduler import Scheduler, SchedulerOutput
+from sim.sequence import CTX, FINAL, NBLK, REJECTED, SHARE, SPEC, SeqGroup, SeqTable
+from sim.swap import SwapSpace
+
+_EMPTY = np.zeros(0, dtype=np.int64)
+
+
+def check_workload(requests: Iterable[RequestSpec]) -> list[RequestSpec]:
+    """The workload as a list; SpecError for a non-RequestSpec item, a duplicate req_id, or a
+    combination the engine does not model (beam search with speculative decoding)."""
+    specs = list(requests)
+    seen: set[object] = set()
+    for i, r in enumerate(specs):
+        if not isinstance(r, RequestSpec):
+            raise SpecError(f"workload item {i}: expected a RequestSpec, got {type(r).__name__}")
+        if r.req_id in seen:
+            raise SpecError(f"request {r.req_id!r}: duplicate req_id (valid: unique ids)")
+        seen.add(r.req_id)
+        if r.beam_width > 1 and r.spec_k > 0:
+            raise SpecError(f"request {r.req_id!r}: beam_width = {r.beam_width} with spec_k = {r.spec_k} "
+                            f"is not modelled (valid: spec_k = 0 when beam_width > 1)")
+    return specs
+
+
+class Engine:
+    """One simulation run: build with the workload and config, then `run()` once."""
+
+    def __init__(self, requests: Iterable[RequestSpec], config: SimConfig, *,
+                 rng: np.random.Generator | int | None = None,
+                 op_sink: Callable[[dict[str, Any]], None] | None = None,
+                 check_invariants: bool = False) -> None:
+        config.validate()
+        self.check = check_invariants  # tests: check every invariant after each step (slow)
+        self.config = config
+        self.specs = sorted(check_workload(requests), key=lambda r: r.arrival_time)  # stable
+        self.res = res = resolve(config)
+        self.rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+        self.latency: LatencyModel = load_latency_model(config.latency, res.model, res.gpu)
+        cache: PagedKVCache | ContiguousKVCache
+        swap = None
+        if isinstance(config.cache, PagedCacheSpec):
+            cs = config.cache
+            cache = PagedKVCache(res.num_blocks, cs.block_size, watermark=cs.watermark,
+                                 enable_prefix_caching=cs.prefix_caching, op_sink=op_sink)
+            swap = SwapSpace(res.cpu_swap_blocks, cs.block_size * res.kv_bytes_per_token,
+                             res.gpu.pcie_bandwidth_Bps)
+            self.capacity = res.num_blocks * cs.block_size
+        else:
+            assert isinstance(config.cache, ContiguousCacheSpec)
+            cache = ContiguousKVCache(res.capacity_tokens, policy=config.cache.policy,
+                                      placement=config.cache.placement, max_model_len=res.max_model_len,
+                                      op_sink=op_sink)
+            self.capacity = res.capacity_tokens
+        self.cache = cache
+        self.ops = KVOps(cache, SeqTable(), max_model_len=res.max_model_len)
+        self.sched = Scheduler(self.ops, config.scheduler, token_budget=res.token_budget, swap=swap,
+                               rng=self.rng)
+        self.groups: list[SeqGroup] = []
+        self.steps: list[StepRecord] = []
+        self.memory: list[MemorySample] = []
+        self.totals = StepTotals()
+        self._blocks: list[tuple[float, int, int]] = []  # (time, logical, physical) per sample (paged)
+        self._last_sample = -math.inf
+        self._arrivals_done = False
+        self._wake: simpy.Event | None = None
+        self._frag_since: float | None = None
+        self.frag_wait_s = 0.0  # head of the queue blocked only by external fragmentation
+        self.env = simpy.Environment()
+
+    # ---- SimPy processes ----------------------------------------------------------------------
+    def _arrivals(self) -> Generator[simpy.Event, Any, None]:
+        env, s, mml = self.env, self.sched, self.res.max_model_len
+        for spec in self.specs:
+            if spec.arrival_time > env.now:
+                yield env.timeout(spec.arrival_time - env.now)
+            g = admit_request(s, spec, max_model_len=mml)
+            self.groups.append(g)
+            if g.status == REJECTED:
+                g.finish_s = env.now
+                continue
+            if spec.cancel_time is not None:
+                ev = env.timeout(spec.cancel_time, value=g)
+                ev.callbacks.append(self._on_cancel)
+            self._poke()
+        self._arrivals_done = True
+        self._poke()
+
+    def _on_cancel(self, ev: simpy.Event) -> None:
+        g = cast(SeqGroup, ev.value)
+        abort_group(self.sched, g, self.env.now)
+
+    def _poke(self) -> None:
+        if self._wake is not None and not self._wake.triggered:
+            self._wake.succeed()
+
+    def _loop(self) -> Generator[simpy.Event, Any, None]:
+        env, s = self.env, self.sched
+        while True:
+            if not s.has_work():
+                self._sample(env.now, None, force=True)
+                if self._arrivals_done:
+                    return
+                self._wake = env.event()
+                yield self._wake
+                self._wake = None
+                continue
+            out = s.schedule()
+            for g in out.rejected:
+                g.status = REJECTED
+                g.finish_s = env.now
+            self._track_fragmentation(out, env.now)
+            if out.empty:
+                if not (out.preempted or out.rejected or out.swapped_in):
+                    raise RuntimeError(
+                        f"scheduler made no progress at t={env.now:.6g} s with {len(s.waiting)} waiting, "
+                        f"{len(s.running)} running, {len(s.swapped)} swapped requests (a bug; please report)")
+                complete_step(s, out, env.now)  # closes the (empty) step's bookkeeping
+                continue
+            s.in_flight = True
+            self._sample(env.now, out)
+            dt = self.latency.step_time(self._batch(out)) + out.swap_time_s
+            self._record_step(out, env.now, dt)
+            yield env.timeout(dt)
+            complete_step(s, out, env.now)
+            if self.check:
+                self.check_invariants()
+
+    # ---- per-step bookkeeping -----------------------------------------------------------------
+    def _batch(self, out: SchedulerOutput) -> BatchShape:
+        if out.prefills:
+            chunks = np.array([c for _, c, _ in out.prefills], dtype=np.int64)
+            before = np.array([b for _, _, b in out.prefills], dtype=np.int64)
+        else:
+            chunks = before = _EMPTY
+        return BatchShape(chunks, before, out.decode_ctx, self.ops.block_size, self.config.kv_dtype,
+                          out.decode_q)
+
+    def _record_step(self, out: SchedulerOutput, start: float, dt: float) -> None:
+        tot = self.totals
+        bs = out.batch_size
+        tot.add(bs, dt, out)
+        if not self.config.record_steps:
+            return
+        c = self.cache
+        if isinstance(c, PagedKVCache):
+            used, free = c.num_used_blocks, c.num_free_blocks
+        else:
+            used, free = c.used_slots, c.free_slots
+        self.steps.append(StepRecord(tot.num_steps - 1, start, dt, bs, out.num_prefill_tokens,
+                                     out.num_decode_tokens, used, free, out.num_cows, out.swap_out_blocks,
+                                     out.swap_in_blocks, len(out.preempted), len(self.sched.waiting)))
+
+    def _track_fragmentation(self, out: SchedulerOutput, now: float) -> None:
+        if out.blocked == "later_fragmented":
+            if self._frag_since is None:
+                self._frag_since = now
+        elif self._frag_since is not None:
+            self.frag_wait_s += now - self._frag_since
+            self._frag_since = None
+
+    def external_frag(self, waiting_need: int) -> int:
+        """Free slots the head waiting request cannot use (0 if nothing waits).
+
+        Paged: the free blocks held back by the admission watermark (any free block can hold any
+        request's tokens, so only the reserve is unusable to it). Contiguous: the holes smaller than
+        its reservation.
+        """
+        if not waiting_need:
+            return 0
+        c = self.cache
+        if isinstance(c, PagedKVCache):
+            return min(c.num_free_blocks, c.watermark_blocks) * c.block_size
+        return c.external_fragmentation(waiting_need)
+
+    def measure(self) -> Breakdown:
+        """The memory breakdown now (live sequences, cache occupancy, the head waiting request)."""
+        t, s = self.ops.table, self.sched
+        need = 0
+        if s.waiting:
+            h = s.waiting[0]
+            need = h.prefill_target if self.ops.paged else self.ops.reservation(h)
+        ext = self.external_frag(need)
+        d = s.dset  # single decoding sequences: sums kept incrementally
+        sum_ctx, sum_spec, sum_alloc, sum_capf = d.true_sum_ctx(), 0, d.sum_alloc, d.sum_capf
+        r = s.other_slots()
+        paged = self.ops.paged
+        b = self.ops.block_size
+        if r.size:
+            m = t.data[:, r]
+            sums = m.sum(axis=1).tolist()
+            alloc = m[NBLK] * b if paged else m[SHARE]
+            sum_ctx += sums[CTX]
+            sum_spec += sums[SPEC]
+            sum_alloc += sums[NBLK] * b if paged else sums[SHARE]
+            sum_capf += int(np.minimum(alloc, m[FINAL]).sum())
+        c = self.cache
+        if isinstance(c, PagedKVCache):
+            used_blocks = c.num_used_blocks
+            bd = from_sums(sum_ctx, sum_spec, sum_alloc, sum_capf, used_slots=used_blocks * b,
+                           capacity=self.capacity, external_frag=ext)
+            bd.logical_blocks, bd.physical_blocks = sum_alloc // b, used_blocks
+            return bd
+        return from_sums(sum_ctx, sum_spec, sum_alloc, sum_capf, used_slots=c.used_slots,
+                         capacity=self.capacity, external_frag=ext)
+
+    def _sample(self, now: float, out: SchedulerOutput | None, *, force: bool = False) -> None:
+        iv = self.config.memory_sample_interval_s
+        if not force and iv is not None and now - self._last_sample < iv:
+            return
+        self._last_sample = now
+        bd = self.measure()
+        if self.memory and self.memory[-1].time_s == now:
+            self.memory.pop()
+            if self._blocks:
+                self._blocks.pop()
+        self.memory.append(bd.sample(now))
+        if self.ops.paged:
+            self._blocks.append((now, bd.logical_blocks, bd.physical_blocks))
+
+    def check_invariants(self) -> None:
+        """Scheduler, cache and memory-breakdown invariants (AssertionError naming what broke)."""
+        self.sched.check_invariants()
+        self.cache.check_invariants()
+        bd = self.measure()
+        bd.check_invariants()
+        c = self.cache
+        if isinstance(c, PagedKVCache):
+            t = self.ops.table
+            running = [x for g in self.sched.running for x in g.slots]
+            assert bd.logical_blocks == int(t.nblk[running].sum()) == c.num_logical_blocks(), \
+                f"logical blocks {bd.logical_blocks} vs table {int(t.nblk[running].sum())} vs cache " \
+                f"{c.num_logical_blocks()}"
+            assert bd.physical_blocks == c.num_used_blocks
+
+    # ---- run ----------------------------------------------------------------------------------
+    def run(self) -> SimResult:
+        """Simulate the whole workload; returns the records and the summary."""
+        self.env.process(self._arrivals())
+        loop = self.env.process(self._loop())
+        self.env.run(until=loop)
+        end = self.env.now
+        self._track_fragmentation(SchedulerOutput(), end)
+        records = [request_record(g, paged=self.ops.paged) for g in self.groups]
+        cfg = self.config.to_dict()
+        cfg.update(capacity_tokens=self.capacity, num_blocks=self.res.num_blocks,
+                   max_model_len=self.res.max_model_len, token_budget=self.res.token_budget,
+                   kv_bytes_per_token=self.res.kv_bytes_per_token, model=self.res.model.name,
+                   gpu=self.res.gpu.name, latency_model=self.latency.name)
+        result = SimResult(system=system_label(self.config.cache), config=cfg, requests=records,
+                           steps=self.steps, memory=self.memory)
+        result.summary = summarize(result, totals=self.totals, end_s=end)
+        result.summary.update(self._extras(end))
+        return result
+
+    def _extras(self, end: float) -> dict[str, Any]:
+        s, c = self.sched, self.cache
+        out: dict[str, Any] = {
+            "frag_wait_s": self.frag_wait_s,
+            "num_swap_fallbacks": s.num_swap_fallbacks,
+            "capacity_tokens": self.capacity,
+        }
+        if isinstance(c, PagedKVCache):
+            logical = physical = 0.0
+            for (t0, lb, pb), (t1, _, _) in zip(self._blocks, [*self._blocks[1:], (end, 0, 0)], strict=True):
+                logical += lb * (t1 - t0)
+                physical += pb * (t1 - t0)
+            out["sharing_savings_blocks_pct"] = 100.0 * (1 - physical / logical) if logical > 0 else 0.0
+            out["num_cows"] = c.total_cows - self.ops.cows_ignored
+            out["prefix_cache_hit_rate"] = (c.num_cache_hits / c.num_cache_queries
+                                            if c.num_cache_queries else float("nan"))
+            assert s.swap is not None
+            out["swap_out_blocks"] = s.swap.total_out
+            out["swap_in_blocks"] = s.swap.total_in
+        return out
+
+
+def simulate(requests: Iterable[RequestSpec], config: SimConfig | None = None, *,
+             rng: np.random.Generator | int | None = None,
+             op_sink: Callable[[dict[str, Any]], None] | None = None) -> SimResult:
+    """Run a workload through one cache system and scheduler; returns per-request, per-step and
+    memory records plus `summary` (SUMMARY_KEYS and extras).
+
+    rng: the run's random generator (beam survival, draft acceptance) or a seed; op_sink receives
+    one dict per successful allocator operation in the replay JSONL format.
+    Raises SpecError for an impossible configuration or workload (the message names the field).
+    """
+    return Engine(requests, config or SimConfig(), rng=rng, op_sink=op_sink).run()

@@ -1,0 +1,416 @@
+"""The iteration-level (continuous-batching) scheduler: what runs in the next step.
+
+Pure state change, no clock: given the waiting / running / swapped queues, the cache and the
+budgets, `schedule()` decodes every running sequence first (preempting the latest arrivals when
+blocks run out), then swaps groups back in, then admits waiting prefills FCFS while memory,
+`max_num_seqs` and the token budget allow. `complete()` (sim.lifecycle) applies the step's results.
+"""
+
+from __future__ import annotations
+
+from bisect import insort
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sim.config import SchedulerConfig
+from sim.decode_set import DecodeSet
+from sim.kv_ops import LATER, NEVER, OK, KVOps, accepted_drafts, cdiv
+from sim.request import RequestSpec
+from sim.sequence import RUNNING, SWAPPED, WAITING, SeqGroup
+from sim.swap import SwapSpace
+
+_EMPTY = np.zeros(0, dtype=np.int64)
+
+
+@dataclass(slots=True)
+class SchedulerOutput:
+    """One step's batch and the memory events scheduling it caused.
+
+    prefills: (group, chunk tokens, tokens already in the cache before the chunk);
+    num_simple: single-sequence decodes (the DecodeSet, first in decode_ctx); decode_groups: the other decoding
+    groups (several sequences and/or speculative drafts); decode_ctx / decode_q: context length
+    (this step's tokens included) and query tokens per decoding sequence, simple ones first;
+    accepted: slot -> draft tokens accepted this step (speculative sequences);
+    blocked: the head waiting group could not be admitted for memory (why: LATER/LATER_FRAGMENTED);
+    head_need: what that head group needs (contiguous: slots; paged: blocks), 0 if nothing waits.
+    """
+
+    prefills: list[tuple[SeqGroup, int, int]] = field(default_factory=list)
+    num_simple: int = 0
+    decode_groups: list[SeqGroup] = field(default_factory=list)
+    decode_ctx: np.ndarray = field(default_factory=lambda: _EMPTY)
+    decode_q: np.ndarray | None = None
+    accepted: dict[int, int] = field(default_factory=dict)
+    preempted: list[SeqGroup] = field(default_factory=list)
+    swapped_in: list[SeqGroup] = field(default_factory=list)
+    rejected: list[SeqGroup] = field(default_factory=list)
+    num_cows: int = 0
+    swap_out_blocks: int = 0
+    swap_in_blocks: int = 0
+    swap_time_s: float = 0.0
+    num_prefill_tokens: int = 0
+    num_decode_tokens: int = 0
+    blocked: str = ""
+    head_need: int = 0
+
+    @property
+    def batch_size(self) -> int:
+        """Sequences that run in this step's forward pass."""
+        return len(self.prefills) + int(self.decode_ctx.size)
+
+    @property
+    def empty(self) -> bool:
+        """True if the step computes nothing."""
+        return self.num_prefill_tokens == 0 and self.num_decode_tokens == 0
+
+
+class Scheduler:
+    """Queues and per-step decisions over one KV cache (paged or contiguous).
+
+    Invariants (check_invariants): every live group is in exactly one queue matching its status;
+    running groups are sorted by arrival key; num_running_seqs == sum of their num_seqs <=
+    max_num_seqs; the cache holds exactly the running groups' sequences; SeqTable slots are live iff
+    they belong to a live group; the swap pool holds exactly the swapped groups.
+    """
+
+    def __init__(self, ops: KVOps, config: SchedulerConfig, *, token_budget: int,
+                 swap: SwapSpace | None = None, rng: np.random.Generator | None = None) -> None:
+        self.ops = ops
+        self.table = ops.table
+        self.config = config
+        self.token_budget = token_budget
+        self.swap = swap
+        self.rng = rng if rng is not None else np.random.default_rng(0)
+        self.waiting: deque[SeqGroup] = deque()
+        self.running: list[SeqGroup] = []  # sorted by key: running[-1] is the latest arrival
+        self.swapped: deque[SeqGroup] = deque()
+        self.num_running_seqs = 0
+        self.slot_group: dict[int, SeqGroup] = {}
+        self.dset = DecodeSet(self.table, ops.block_size)
+        self.pending_joins: list[int] = []  # swapped-in single sequences: join dset after the step
+        self._dirty = True
+        self._complex: list[SeqGroup] = []
+        self._others = _EMPTY
+        self._step_cows = 0
+        self._order = 0
+        self.num_swap_fallbacks = 0  # swap-mode preemptions done by recompute (host pool full)
+        # While a step is in flight (between schedule and complete) an aborted group's slots are
+        # still indexed by the step's arrays: their release waits for complete_step.
+        self.in_flight = False
+        self.deferred_release: list[int] = []
+
+    # ---- queue entry --------------------------------------------------------------------------
+    def new_group(self, spec: RequestSpec, output_len: int) -> SeqGroup:
+        """A group for an arrived request (not queued yet)."""
+        g = SeqGroup(spec=spec, order=self._order, output_len=output_len)
+        self._order += 1
+        g.simple = spec.num_seqs == 1 and spec.spec_k == 0
+        g.prefill_target = spec.prompt_len
+        return g
+
+    def enqueue(self, g: SeqGroup) -> None:
+        """Append an admitted-for-queueing group to the waiting queue (FCFS)."""
+        g.status = WAITING
+        self.waiting.append(g)
+
+    def has_work(self) -> bool:
+        """True if any group waits, runs or is swapped out."""
+        return bool(self.waiting or self.running or self.swapped)
+
+    def mark_dirty(self) -> None:
+        """The running set changed; rebuild the per-step indexes before they are next used."""
+        self._dirty = True
+
+    def _rebuild(self) -> None:
+        cplx: list[SeqGroup] = []
+        others: list[int] = []
+        dset = self.dset
+        for g in self.running:
+            if g.decoding and not g.simple:
+                cplx.append(g)
+            for x in g.slots:
+                if x not in dset:
+                    others.append(x)
+        self._complex = cplx
+        self._others = np.array(others, dtype=np.int64)
+        self._dirty = False
+
+    def other_slots(self) -> np.ndarray:
+        """Running slots outside the DecodeSet (prefilling, several sequences, drafts), for sampling."""
+        if self._dirty:
+            self._rebuild()
+        return self._others
+
+    # ---- the step -----------------------------------------------------------------------------
+    def schedule(self) -> SchedulerOutput:
+        """Decide and allocate the next step (see the module doc)."""
+        out = SchedulerOutput()
+        budget = self.token_budget
+        budget -= self._schedule_decodes(out)
+        budget = self._schedule_running_prefills(out, budget)
+        if not out.preempted:
+            self._schedule_swap_in(out)
+            if not self.swapped:
+                self._schedule_admissions(out, budget)
+        if self.waiting and not out.head_need:
+            out.head_need = self._need(self.waiting[0])
+        return out
+
+    def _complex_need(self) -> int:
+        """Free blocks the multi-sequence / speculative decodes take this step (paged)."""
+        need = 0
+        cache = self.ops.cache
+        final = self.table.final
+        for g in self._complex:
+            for slot, sid in zip(g.slots, g.seq_ids, strict=True):
+                if final[slot]:
+                    need += cache.num_new_blocks_for_append(sid, self._draft_len(slot) + 1)
+        return need
+
+    def _draft_len(self, slot: int) -> int:
+        """Draft tokens a speculative sequence verifies this step (fewer near its end)."""
+        g = self.slot_group[slot]
+        k = g.spec.spec_k
+        if not k:
+            return 0
+        return max(0, min(k, int(self.table.olen[slot] - self.table.gen[slot]) - 1))
+
+    def _append_simple(self, slot: int, n: int) -> None:
+        sid = self.slot_group[slot].seq_ids[0]
+        res = self.ops.cache.append(sid, n)
+        if not res.ok:
+            raise RuntimeError(f"append to {sid!r} failed after counting free blocks")
+        self._step_cows += len(res.cows)
+
+    def _schedule_decodes(self, out: SchedulerOutput) -> int:
+        """Append this step's token slots to every decoding sequence; returns tokens used."""
+        if self._dirty:
+            self._rebuild()
+        t, ops = self.table, self.ops
+        if ops.paged:
+            while True:
+                need = len(self.dset.crossing()) + (self._complex_need() if self._complex else 0)
+                if need <= ops.cache.num_free_blocks or not self.running:
+                    break
+                self._preempt(self.running[-1], out)
+                self._rebuild()
+        self._step_cows = 0
+        c1 = self.dset.advance(self._append_simple)
+        out.num_cows += self._step_cows
+        ctxs: list[np.ndarray] = [c1] if c1.size else []
+        qs: list[np.ndarray] = []
+        s = c1
+        used = int(s.size)
+        if self._complex:
+            cc: list[int] = []
+            cq: list[int] = []
+            for g in self._complex:
+                p = g.spec.spec_accept
+                for slot, sid in zip(g.slots, g.seq_ids, strict=True):
+                    if t.final[slot] == 0:
+                        continue  # contiguous: a finished sample's share waits for its siblings
+                    k = self._draft_len(slot)
+                    if self.ops.paged:
+                        out.num_cows += self.ops.append(slot, sid, k + 1)
+                    else:
+                        t.ctx[slot] += k + 1
+                    if g.spec.spec_k:
+                        a = accepted_drafts(self.rng, k, p)
+                        out.accepted[slot] = a
+                        t.spec[slot] = k - a
+                    cc.append(int(t.ctx[slot]))
+                    cq.append(k + 1)
+                    used += k + 1
+            out.decode_groups = list(self._complex)
+            ctxs.append(np.array(cc, dtype=np.int64))
+            qs = [np.ones(s.size, dtype=np.int64), np.array(cq, dtype=np.int64)]
+        out.num_simple = int(s.size)
+        if ctxs:
+            out.decode_ctx = ctxs[0] if len(ctxs) == 1 else np.concatenate(ctxs)
+            if qs and any(q.size and q.max() > 1 for q in qs):
+                out.decode_q = np.concatenate(qs)
+        out.num_decode_tokens = used
+        return used
+
+    def _schedule_running_prefills(self, out: SchedulerOutput, budget: int) -> int:
+        """Chunked prefill: continue admitted prompts with the budget left after decodes."""
+        for g in self.running:
+            if g.decoding or g.prefill_done >= g.prefill_target:
+                continue
+            if budget <= 0:
+                break
+            chunk = min(g.prefill_target - g.prefill_done, budget)
+            self._add_prefill(out, g, chunk)
+            budget -= chunk
+        return budget
+
+    def _add_prefill(self, out: SchedulerOutput, g: SeqGroup, chunk: int) -> None:
+        out.prefills.append((g, chunk, g.prefill_done))
+        g.prefill_done += chunk
+        self.table.ctx[g.slots[0]] = g.prefill_done
+        out.num_prefill_tokens += chunk
+
+    def _schedule_swap_in(self, out: SchedulerOutput) -> None:
+        ops = self.ops
+        while self.swapped and ops.paged:
+            g = self.swapped[0]
+            need = ops.restore_blocks(g)
+            if ops.cache.num_free_blocks - need < ops.cache.watermark_blocks:
+                break
+            if self.num_running_seqs + g.num_seqs > self.config.max_num_seqs:
+                break
+            self.swapped.popleft()
+            got = ops.restore(g)
+            assert self.swap is not None
+            out.swap_time_s += self.swap.swap_in(g.order, got)
+            out.swap_in_blocks += got
+            out.swapped_in.append(g)
+            self._add_running(g)
+
+    def _schedule_admissions(self, out: SchedulerOutput, budget: int) -> None:
+        ops, chunked = self.ops, self.config.chunked_prefill
+        while self.waiting:
+            g = self.waiting[0]
+            if self.num_running_seqs + g.num_seqs > self.config.max_num_seqs:
+                break
+            cached = min(ops.prefix_hit_tokens(g), g.prefill_target - 1)
+            todo = g.prefill_target - cached
+            if chunked:
+                if budget <= 0:
+                    break
+            elif todo > budget and not (todo > self.token_budget and not out.prefills):
+                # A recomputed prompt longer than the whole budget runs as a step's first prefill.
+                break
+            if ops.paged and not g.hashes and (ops.cache.num_free_blocks - cdiv(g.prefill_target, ops.block_size)
+                                               < ops.cache.watermark_blocks):
+                verdict = LATER  # the common blocked case, without a call into the cache
+            else:
+                verdict = ops.can_admit(g)
+            if verdict == NEVER:
+                self.waiting.popleft()
+                g.reason = "can never be admitted: " + (ops.never_fits(g) or "prompt exceeds the pool")
+                out.rejected.append(g)
+                continue
+            if verdict != OK:
+                out.blocked = verdict
+                out.head_need = self._need(g)
+                break
+            self.waiting.popleft()
+            if not g.slots:
+                g.slots.append(self.table.alloc(g.spec.prompt_len + g.output_len - 1, g.output_len))
+                g.seq_ids.append(g.new_seq_id())
+            self.slot_group[g.slots[0]] = g
+            hit = ops.admit(g)
+            g.prefill_done = min(hit, g.prefill_target - 1)
+            self.table.ctx[g.slots[0]] = g.prefill_done
+            self._add_running(g)
+            chunk = g.prefill_target - g.prefill_done
+            if chunked:
+                chunk = min(chunk, budget)
+            self._add_prefill(out, g, chunk)
+            budget -= chunk
+
+    def _need(self, g: SeqGroup) -> int:
+        if self.ops.paged:
+            return cdiv(g.prefill_target, self.ops.block_size)
+        return self.ops.reservation(g)
+
+    # ---- queue moves --------------------------------------------------------------------------
+    def _add_running(self, g: SeqGroup) -> None:
+        g.status = RUNNING
+        insort(self.running, g, key=lambda x: x.key)
+        self.num_running_seqs += g.num_seqs
+        for s in g.slots:
+            self.slot_group[s] = g
+        if g.decoding and g.simple:
+            self.pending_joins.append(g.slots[0])
+        self._dirty = True
+
+    def remove_running(self, g: SeqGroup) -> None:
+        """Take a group out of the running list (finish, abort, preemption); counters become exact."""
+        if g.simple and g.slots and g.slots[0] in self.dset:
+            self.dset.leave(g.slots[0])
+        self.running.remove(g)
+        self.num_running_seqs -= g.num_seqs
+        self._dirty = True
+
+    def _preempt(self, g: SeqGroup, out: SchedulerOutput) -> None:
+        """Preempt a whole group: swap it out, or free it and requeue it at the head (recompute)."""
+        ops, t = self.ops, self.table
+        self.remove_running(g)
+        g.num_preemptions += 1
+        out.preempted.append(g)
+        g.peak_blocks = max(g.peak_blocks, ops.group_blocks(g))
+        if self.config.preemption_mode == "swap" and g.decoding:
+            blocks = ops.cache.unique_blocks(g.seq_ids)
+            assert self.swap is not None
+            if self.swap.can_swap_out(blocks):
+                for s, sid in zip(g.slots, g.seq_ids, strict=True):
+                    ops.sync(s, sid)
+                ops.free_group(g)
+                out.swap_time_s += self.swap.swap_out(g.order, blocks)
+                out.swap_out_blocks += blocks
+                g.status = SWAPPED
+                self.swapped.appendleft(g)
+                return
+            self.num_swap_fallbacks += 1
+        ops.free_group(g)
+        # Recompute: a single sequence keeps its output (prompt + generated tokens are prefilled
+        # again); a group of several sequences restarts from its prompt.
+        while len(g.slots) > 1:
+            s = g.slots.pop()
+            g.seq_ids.pop()
+            self.slot_group.pop(s, None)
+            t.release(s)
+        s0 = g.slots[0]
+        gen = int(t.gen[s0]) if g.num_seqs == 1 else 0
+        t.gen[s0] = gen
+        t.ctx[s0] = t.nblk[s0] = t.synced[s0] = t.spec[s0] = 0
+        g.prefill_target = g.spec.prompt_len + gen
+        g.prefill_done = 0
+        g.decoding = False
+        g.status = WAITING
+        self.waiting.appendleft(g)
+
+    # ---- checking -----------------------------------------------------------------------------
+    def live_slots(self) -> list[int]:
+        """SeqTable slots owned by live groups."""
+        out: list[int] = []
+        for q in (self.waiting, self.running, self.swapped):
+            for g in q:
+                out.extend(g.slots)
+        return out
+
+    def check_invariants(self) -> None:
+        """Raise AssertionError naming the request if an invariant (class doc) is broken."""
+        self.dset.check_invariants()  # also makes the table's counters exact
+        for slot in self.dset.members:
+            g = self.slot_group[slot]
+            assert g.status == RUNNING and g.decoding and g.simple, f"request {g.spec.req_id!r} in DecodeSet"
+        for q, st in ((self.waiting, WAITING), (self.running, RUNNING), (self.swapped, SWAPPED)):
+            for g in q:
+                assert g.status == st, f"request {g.spec.req_id!r}: status {g.status} but queued as {st}"
+        keys = [g.key for g in self.running]
+        assert keys == sorted(keys), "running groups not sorted by arrival"
+        n = sum(g.num_seqs for g in self.running)
+        assert n == self.num_running_seqs <= self.config.max_num_seqs, \
+            f"running sequences {n} (counter {self.num_running_seqs}, max {self.config.max_num_seqs})"
+        ids = {sid for g in self.running for sid in (g.seq_ids if self.ops.paged else g.seq_ids[:1])}
+        assert len(ids) == self.ops.cache.num_seqs, \
+            f"cache holds {self.ops.cache.num_seqs} sequences, running groups {len(ids)}"
+        for sid in ids:
+            assert self.ops.cache.has_seq(sid), f"running sequence {sid!r} not in the cache"
+        self.table.check_invariants(self.live_slots())
+        if self.ops.paged:
+            b = self.ops.block_size
+            for g in self.running:
+                for s, sid in zip(g.slots, g.seq_ids, strict=True):
+                    assert self.table.nblk[s] == len(self.ops.cache.block_table(sid)), \
+                        f"seq {sid!r}: nblk {self.table.nblk[s]} != cache table length"
+                    assert self.table.ctx[s] - self.table.synced[s] <= b, f"seq {sid!r}: lag beyond a block"
+        if self.swap is not None:
+            self.swap.check_invariants()
+            held = sum(self.swap.held(g.order) for g in self.swapped)
+            assert held == self.swap.used_blocks, "swap pool holds blocks of non-swapped groups"
