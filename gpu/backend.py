@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -18,7 +18,7 @@ BACKEND_NAMES = ("cpu", "cupy", "auto")
 _LOCAL_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')
 
 
-@lru_cache(maxsize=None)
+@cache
 def kernel_source(filename: str) -> str:
     """Text of gpu/kernels/<filename> with its local `#include "..."` headers inlined (with #line
     markers), so CuPy's compile cache, which hashes the source text, sees every header change."""
@@ -67,8 +67,6 @@ class CpuBackend:
     sanitize: ASan + UBSan build (the process needs libasan LD_PRELOADed); workers: OS threads.
     """
 
-    xp = np
-
     def __init__(self, *, schedule: str = "forward", seed: int = 1, sanitize: bool = False, workers: int = 0,
                  strict: bool = True) -> None:
         from gpu.cpu_backend import SCHEDULES
@@ -76,6 +74,7 @@ class CpuBackend:
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule {schedule!r}: valid are {', '.join(SCHEDULES)}")
         self.name = "cpu"
+        self.xp: Any = np
         self.schedule, self.seed, self.sanitize, self.workers, self.strict = schedule, seed, sanitize, workers, strict
         self._modules: dict[tuple[str, tuple[str, ...]], Any] = {}
 
@@ -115,7 +114,7 @@ class CupyBackend:
         from gpu.nvrtc import cuda_include_dir
 
         self.name = "cupy"
-        self.xp = cupy
+        self.xp: Any = cupy
         self._cupy = cupy
         self._include = cuda_include_dir()
         self._modules: dict[tuple[str, tuple[str, ...]], Any] = {}

@@ -15,6 +15,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 KERNEL_DIR = Path(__file__).resolve().parent / "kernels"
 CUPY_OPTIONS = ("-ftz=true", "--device-as-default-execution-space", "-std=c++17")
@@ -104,7 +105,7 @@ def cuda_include_dir() -> str:
     )
 
 
-def _nvrtc():  # type: ignore[no-untyped-def]
+def _nvrtc() -> Any:
     try:
         from cupy.cuda import nvrtc
     except ImportError as e:  # pragma: no cover - depends on the environment
