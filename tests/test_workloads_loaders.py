@@ -308,3 +308,24 @@ def test_trace_error_pickles():
 
     err = pickle.loads(pickle.dumps(TraceError("f.csv", 3, "x", "bad")))
     assert str(err) == "f.csv:3: column 'x': bad"
+
+
+def test_mooncake_key_missing_everywhere_is_a_file_error(tmp_path):
+    p = write(tmp_path, "m.jsonl", '{"timestamp": 0, "input_length": 5, "hash_ids": [1]}\n' * 3)
+    with pytest.raises(TraceError, match="missing key in every row") as e:
+        load_trace(p, format="mooncake")
+    assert e.value.column == "output_length"
+
+
+def test_jsonl_fast_and_python_paths_agree(tmp_path):
+    """A clean file takes the pyarrow path; a whitespace-only line forces the Python paths."""
+    rows = [json.dumps({"arrival_time": 0.5 * i, "prompt_len": 600 + i, "output_len": 1 + i % 3,
+                        "n": 1 + i % 2, "prefix_hashes": [0, i], "prefix_unit": 512, "req_id": f"r{i}",
+                        "spec_accept": 0.25, "cancel_time": None}) for i in range(50)]
+    clean = write(tmp_path, "a.jsonl", "\n".join(rows) + "\n")
+    odd = write(tmp_path, "b.jsonl", "\n".join(rows[:10] + ["   "] + rows[10:]) + "\n")
+    a, b = load_trace(clean), load_trace(odd)
+    assert a.specs == b.specs and len(a) == 50
+    assert a.specs[3].prefix_hashes == (0, 3) and a.specs[3].req_id == "r3" and a.specs[3].cancel_time is None
+    assert a.frame()["line"].tolist()[9:12] == [10, 11, 12]
+    assert b.frame()["line"].tolist()[9:12] == [10, 12, 13]

@@ -7,7 +7,7 @@ keeps a million-row trace vectorized until the last step.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -110,19 +110,23 @@ class TraceColumns:
         covered = -(-self.prompt // self.prefix_unit)
         assert np.all(num_ids <= covered), "prefix_hashes extend past the prompt"
 
+    def iter_specs(self) -> Iterator[RequestSpec]:
+        """RequestSpecs one at a time, in arrival order (RequestSpec validates each again).
+
+        An engine that pulls arrivals lazily keeps memory bounded by the columns, not by a million
+        spec objects.
+        """
+        cancel = (None if c != c else c for c in self.cancel_time.tolist())  # NaN -> never
+        for r, t, p, o, nn, b, k, acc, h, u, c in zip(
+                self.req_id.tolist(), self.arrival.tolist(), self.prompt.tolist(), self.output.tolist(),
+                self.n.tolist(), self.beam_width.tolist(), self.spec_k.tolist(), self.spec_accept.tolist(),
+                self.prefix_hashes, self.prefix_unit.tolist(), cancel, strict=True):
+            yield RequestSpec(req_id=r, arrival_time=t, prompt_len=p, output_len=o, n=nn, beam_width=b,
+                              spec_k=k, spec_accept=acc, prefix_hashes=h, prefix_unit=u, cancel_time=c)
+
     def to_specs(self) -> list[RequestSpec]:
-        """One RequestSpec per row (RequestSpec validates each again)."""
-        req_ids = self.req_id.tolist()
-        cancel = [None if c != c else c for c in self.cancel_time.tolist()]  # NaN -> never
-        return [
-            RequestSpec(req_id=r, arrival_time=t, prompt_len=p, output_len=o, n=nn, beam_width=b,
-                        spec_k=k, spec_accept=acc, prefix_hashes=h, prefix_unit=u, cancel_time=c)
-            for r, t, p, o, nn, b, k, acc, h, u, c in zip(
-                req_ids, self.arrival.tolist(), self.prompt.tolist(), self.output.tolist(),
-                self.n.tolist(), self.beam_width.tolist(), self.spec_k.tolist(),
-                self.spec_accept.tolist(), self.prefix_hashes, self.prefix_unit.tolist(), cancel,
-                strict=True)
-        ]
+        """All rows as RequestSpecs (the costly step for millions of rows; benchmarks/bench_workloads.py)."""
+        return list(self.iter_specs())
 
     @classmethod
     def from_specs(cls, specs: Sequence[RequestSpec]) -> TraceColumns:

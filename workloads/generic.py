@@ -38,8 +38,10 @@ def read_generic(path: str | Path, opts: ReadOptions = DEFAULT_READ) -> tuple[Tr
     data = read_bytes(path)
     if data.lstrip()[:1] in (b"{", b"["):
         rows = read_jsonl(path, data, COLUMNS)
-        lines, present = rows.lines, [k for k in COLUMNS if any(v is not None for v in rows.columns[k])]
-        cells: dict[str, Any] = rows.columns
+        lines, present = rows.lines, [k for k in COLUMNS if k in rows.columns]
+        cells: dict[str, Any] = dict(rows.columns)
+        for col in REQUIRED:  # only reached with every line broken; those errors are reported instead
+            cells.setdefault(col, [None] * len(lines))
         extra = rows.extra_keys
         broken = rows.broken
         kind = "jsonl"
@@ -144,3 +146,4 @@ def _req_ids(chk: RowChecker, raw: Any) -> np.ndarray:
     if all(t is not None and t.lstrip("-").isdigit() and len(t) < 19 for t in text):
         return np.array([int(t) for t in text], dtype=np.int64)  # type: ignore[arg-type]
     return np.array(text, dtype=object)
+

@@ -7,7 +7,7 @@ or dropped. `TRACE_FORMATS` lists the formats by name for the CLI (`--trace PATH
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,6 +63,10 @@ class LoadResult:
         if self._specs is None:
             self._specs = self.columns.to_specs()
         return self._specs
+
+    def iter_specs(self) -> Iterator[RequestSpec]:
+        """The requests one at a time without keeping them (see TraceColumns.iter_specs)."""
+        return self.columns.iter_specs() if self._specs is None else iter(self._specs)
 
     def frame(self) -> pd.DataFrame:
         """One row per request (workloads.frames.to_frame), with each request's source line."""

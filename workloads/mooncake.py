@@ -30,10 +30,16 @@ def read_mooncake(path: str | Path, opts: ReadOptions = DEFAULT_READ) -> tuple[T
         why = dict(rows.broken)
         broken[list(why)] = True
         chk.flag(None, broken, lambda i: why[i])
-    ms = chk.float_column("timestamp", rows.columns["timestamp"], lo=0, unit=" ms")
-    prompt = chk.int_column("input_length", rows.columns["input_length"])
-    output = chk.int_column("output_length", rows.columns["output_length"])
-    hashes = chk.hash_column("hash_ids", rows.columns["hash_ids"])
+    for key in KEYS[:3]:
+        if key not in rows.columns and len(rows.broken) < len(rows.lines):
+            raise TraceError(path, int(rows.lines[0]), key, f"missing key in every row (a Mooncake trace has "
+                             f"keys {', '.join(KEYS)})")
+    none = [None] * len(rows.lines)
+    cells = {k: rows.columns.get(k, none) for k in KEYS}
+    ms = chk.float_column("timestamp", cells["timestamp"], lo=0, unit=" ms")
+    prompt = chk.int_column("input_length", cells["input_length"])
+    output = chk.int_column("output_length", cells["output_length"])
+    hashes = chk.hash_column("hash_ids", cells["hash_ids"])
     unit = opts.hash_unit
     num_ids = np.fromiter((len(h) for h in hashes), dtype=np.int64, count=len(hashes))
     room = -(-prompt // unit)

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.json as pa_json
 
 from workloads.arrivals import ArrivalProcess
 from workloads.errors import TraceError, WorkloadError
@@ -92,10 +94,13 @@ def _nonblank_lines(data: bytes) -> np.ndarray:
 
 
 def read_csv(path: str | Path, data: bytes, *, str_columns: tuple[str, ...] = ()) -> tuple[pd.DataFrame, np.ndarray]:
-    """Parse CSV bytes with a header; returns the frame (stripped column names) and each row's line."""
+    """Parse CSV bytes with a header; returns the frame (stripped column names) and each row's line.
+
+    `str_columns` are kept as Python strings (object dtype, NaN when empty), not parsed as numbers.
+    """
     try:
         df = pd.read_csv(io.BytesIO(data), encoding="utf-8-sig", skipinitialspace=True,
-                         dtype={c: str for c in str_columns} or None)
+                         dtype={c: object for c in str_columns} or None)
     except pd.errors.ParserError as exc:
         raise TraceError(path, _line_from(str(exc)), None, f"malformed CSV: {str(exc).strip()}") from None
     except pd.errors.EmptyDataError:
@@ -130,8 +135,9 @@ def csv_header(data: bytes) -> list[str]:
 
 @dataclass(slots=True)
 class JsonlRows:
-    """Raw JSON Lines content: per wanted key a list of values (None when absent), each row's line,
-    rows that are not JSON objects as (row index, message), and other keys with their first line."""
+    """Raw JSON Lines content: per wanted key that some row has, its values (None where a row lacks
+    it); each row's line; rows that are not JSON objects as (row index, message); and keys that
+    were not asked for, with the first line holding each."""
 
     columns: dict[str, list[Any]]
     lines: np.ndarray
@@ -144,18 +150,79 @@ def read_jsonl(path: str | Path, data: bytes, keys: tuple[str, ...]) -> JsonlRow
     text = data.decode("utf-8-sig", errors="replace")
     if text.lstrip().startswith("["):
         raise TraceError(path, 1, None, "a JSON array, not JSON Lines; write one JSON object per line")
+    fast = _parse_arrow(data, keys)
+    if fast is not None:
+        return fast
+    raw_lines = text.split("\n")
+    numbers = [i for i, raw in enumerate(raw_lines, start=1) if raw.strip()]
+    if not numbers:
+        raise TraceError(path, None, None, "empty file (no rows)")
+    texts = [raw_lines[i - 1] for i in numbers]
+    rows = _parse_all(texts)
+    if rows is None:  # some line is broken: parse line by line to say which
+        return _read_jsonl_slow(texts, np.asarray(numbers, dtype=np.int64), keys)
+    columns = _present({k: [r.get(k) for r in rows] for k in keys})
+    extra: dict[str, int] = {}
+    for k in set().union(*rows) - set(keys):
+        extra[k] = next(numbers[j] for j, r in enumerate(rows) if k in r)
+    return JsonlRows(columns, np.asarray(numbers, dtype=np.int64), [], extra)
+
+
+def _parse_arrow(data: bytes, keys: tuple[str, ...]) -> JsonlRows | None:
+    """Fast path for clean files: pyarrow's C++ JSON reader. None (use the Python paths, which
+    name bad lines) on any parse error, a row count that does not match the lines, or column types
+    other than numbers, strings and lists of ints."""
+    lines = _nonblank_lines(data)
+    try:
+        table = pa_json.read_json(io.BytesIO(data))
+    except (pa.ArrowException, ValueError):
+        return None
+    if table.num_rows != len(lines) or table.num_rows == 0:
+        return None
+    columns: dict[str, Any] = {}
+    for k in keys:
+        if k not in table.column_names:
+            continue
+        col, typ = table.column(k), table.schema.field(k).type
+        if pa.types.is_integer(typ) or pa.types.is_floating(typ):
+            columns[k] = col.to_numpy()  # nulls become NaN ('missing')
+        elif pa.types.is_null(typ):
+            continue
+        elif pa.types.is_string(typ) or (pa.types.is_list(typ) and (
+                pa.types.is_integer(typ.value_type) or pa.types.is_null(typ.value_type))):
+            columns[k] = col.to_pylist()
+        else:  # booleans, timestamps inferred from strings, nested objects...: let Python judge
+            return None
+    extra = {}
+    for name in table.column_names:
+        if name not in keys:
+            valid = np.asarray(table.column(name).is_valid())
+            extra[name] = int(lines[int(np.argmax(valid))])
+    return JsonlRows(columns, lines.astype(np.int64), [], extra)
+
+
+def _parse_all(texts: list[str]) -> list[dict[str, Any]] | None:
+    """All lines at once as one JSON array (one C-level parse instead of a call per line); None if
+    that fails or does not give exactly one object per line."""
+    try:
+        rows = json.loads("[" + ",".join(texts) + "]")
+    except ValueError:
+        return None
+    if len(rows) != len(texts) or not all(type(r) is dict for r in rows):
+        return None
+    return rows
+
+
+def _read_jsonl_slow(texts: list[str], numbers: np.ndarray, keys: tuple[str, ...]) -> JsonlRows:
+    """Line-by-line parse that records which rows are broken and why."""
     columns: dict[str, list[Any]] = {k: [] for k in keys}
     appends = [(k, columns[k].append) for k in keys]
     wanted = set(keys)
-    lines: list[int] = []
     broken: list[tuple[int, str]] = []
     extra: dict[str, int] = {}
-    loads = json.loads
-    for number, raw in enumerate(text.split("\n"), start=1):
-        if not raw.strip():
-            continue
+    for j, (number, raw) in enumerate(zip(numbers.tolist(), texts, strict=True)):
         try:
-            row = loads(raw)
+            row = json.loads(raw)
         except json.JSONDecodeError as exc:
             row, msg = None, f"not valid JSON ({exc.msg} at column {exc.colno})"
         except ValueError as exc:  # e.g. an integer literal too long to convert
@@ -163,17 +230,19 @@ def read_jsonl(path: str | Path, data: bytes, keys: tuple[str, ...]) -> JsonlRow
         else:
             msg = f"not a JSON object: {raw.strip()[:60]!r}"
         if not isinstance(row, dict):
-            broken.append((len(lines), msg))
+            broken.append((j, msg))
             row = {}
-        elif row.keys() - wanted:
+        else:
             for k in row.keys() - wanted:
                 extra.setdefault(k, number)
         for k, append in appends:
             append(row.get(k))
-        lines.append(number)
-    if not lines:
-        raise TraceError(path, None, None, "empty file (no rows)")
-    return JsonlRows(columns, np.asarray(lines, dtype=np.int64), broken, extra)
+    return JsonlRows(_present(columns), numbers, broken, extra)
+
+
+def _present(columns: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    """Only the keys that some row has with a non-null value."""
+    return {k: v for k, v in columns.items() if v and (v[0] is not None or any(x is not None for x in v))}
 
 
 def first_json_object(data: bytes) -> dict[str, Any] | None:
