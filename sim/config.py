@@ -130,7 +130,8 @@ class SimConfig:
     model / gpu: preset names (sim.presets) or ModelSpec / GPUSpec objects.
     kv_capacity_tokens: KV pool size in token slots; None: sized from the GPU memory budget
       (sim.presets.kv_capacity_tokens with gpu_memory_utilization and kv_dtype).
-    max_model_len: None: the model's. latency: None = roofline, else a parameters JSON path or dict.
+    max_model_len: None: the model's. latency: None = roofline, else a parameters JSON path or dict,
+      or any object with `name` and `step_time(BatchShape) -> float` (a sim.latency.LatencyModel).
     memory_sample_interval_s: None samples memory at every step; a positive value samples at most once
       per interval (each sample then stands for the time until the next one), bounding memory for huge runs.
     record_steps: keep one StepRecord per step (turn off for huge runs; summaries still use every step).
@@ -177,7 +178,7 @@ class SimConfig:
         out: dict[str, Any] = {}
         for name in ("model", "gpu", "latency"):
             v = getattr(self, name)
-            out[name] = v if v is None or isinstance(v, (str, dict)) else getattr(v, "name", str(v))
+            out[name] = v if v is None or isinstance(v, (str, dict)) else str(getattr(v, "name", v))
         out["cache"] = {"kind": "paged" if isinstance(self.cache, PagedCacheSpec) else "contiguous",
                         **asdict(self.cache)}
         out["scheduler"] = asdict(self.scheduler)

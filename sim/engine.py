@@ -63,7 +63,9 @@ class Engine:
         self.specs = sorted(check_workload(requests), key=lambda r: r.arrival_time)  # stable
         self.res = res = resolve(config)
         self.rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
-        self.latency: LatencyModel = load_latency_model(config.latency, res.model, res.gpu)
+        lat = config.latency
+        self.latency: LatencyModel = (lat if hasattr(lat, "step_time")
+                                      else load_latency_model(lat, res.model, res.gpu))
         cache: PagedKVCache | ContiguousKVCache
         swap = None
         if isinstance(config.cache, PagedCacheSpec):

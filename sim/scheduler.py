@@ -29,7 +29,8 @@ class SchedulerOutput:
     """One step's batch and the memory events scheduling it caused.
 
     prefills: (group, chunk tokens, tokens already in the cache before the chunk);
-    num_simple: single-sequence decodes (the DecodeSet, first in decode_ctx); decode_groups: the other decoding
+    num_simple / simple_slots: single-sequence decodes (the DecodeSet, first in decode_ctx, in
+    simple_slots' order); decode_groups: the other decoding
     groups (several sequences and/or speculative drafts); decode_ctx / decode_q: context length
     (this step's tokens included) and query tokens per decoding sequence, simple ones first;
     accepted: slot -> draft tokens accepted this step (speculative sequences);
@@ -39,6 +40,7 @@ class SchedulerOutput:
 
     prefills: list[tuple[SeqGroup, int, int]] = field(default_factory=list)
     num_simple: int = 0
+    simple_slots: np.ndarray = field(default_factory=lambda: _EMPTY)
     decode_groups: list[SeqGroup] = field(default_factory=list)
     decode_ctx: np.ndarray = field(default_factory=lambda: _EMPTY)
     decode_q: np.ndarray | None = None
@@ -199,6 +201,7 @@ class Scheduler:
         self._step_cows = 0
         c1 = self.dset.advance(self._append_simple)
         out.num_cows += self._step_cows
+        out.simple_slots = self.dset.slots()
         ctxs: list[np.ndarray] = [c1] if c1.size else []
         qs: list[np.ndarray] = []
         s = c1
