@@ -139,7 +139,7 @@ class Engine:
                 g.status = REJECTED
                 g.finish_s = env.now
             self._track_fragmentation(out, env.now)
-            if out.empty:
+            if out.empty and not out.swap_time_s:  # a step with only a swap-in still takes its transfer
                 if not (out.preempted or out.rejected or out.swapped_in):
                     raise RuntimeError(
                         f"scheduler made no progress at t={env.now:.6g} s with {len(s.waiting)} waiting, "
