@@ -45,3 +45,30 @@ def assert_close(out: np.ndarray, ref: np.ndarray, dtype: str) -> None:
     assert out.shape == ref.shape
     assert np.isfinite(out).all(), "kernel output holds NaN/inf (a masked or unwritten slot was read?)"
     np.testing.assert_allclose(out, ref, atol=atol, rtol=rtol)
+
+
+class NoLaunchBackend:
+    """A Backend that fails the test if anything is compiled, uploaded or launched: bad input must be
+    rejected before any of that."""
+
+    def __init__(self) -> None:
+        self.name = "no-launch"
+        self.xp: Any = np
+
+    def module(self, filename: str, defines: Any = None) -> Any:
+        raise AssertionError(f"{filename} was compiled/launched for bad input")
+
+    def asarray(self, a: np.ndarray) -> Any:
+        raise AssertionError("data was uploaded for bad input")
+
+    def to_numpy(self, a: Any) -> np.ndarray:
+        raise AssertionError("data was downloaded for bad input")
+
+    def empty(self, shape: tuple[int, ...], dtype: Any) -> Any:
+        raise AssertionError("device memory was allocated for bad input")
+
+    def full(self, shape: tuple[int, ...], value: float, dtype: Any) -> Any:
+        raise AssertionError("device memory was allocated for bad input")
+
+    def synchronize(self) -> None:
+        pass

@@ -9,7 +9,7 @@ import dataclasses
 
 import numpy as np
 import pytest
-from gpu_testing import BACKENDS, assert_close, backend_for, reference_for
+from gpu_testing import BACKENDS, NoLaunchBackend, assert_close, backend_for, reference_for
 
 from gpu import attention as A
 from gpu.errors import KernelInputError
@@ -144,29 +144,11 @@ def test_traffic_figures():
     assert A.num_blocks_touched(w) == 0 + 1 + 1 + 2 + 2
 
 
-class _NoLaunchBackend:
-    """A backend that fails the test if anything is compiled or launched."""
-
-    name = "no-launch"
-    xp = np
-
-    def module(self, *a, **k):
-        raise AssertionError("a kernel module was requested for bad input")
-
-    def asarray(self, a):
-        raise AssertionError("data was uploaded for bad input")
-
-    to_numpy = empty = full = asarray
-
-    def synchronize(self):
-        pass
-
-
 def _bad(mutate, match, variant="paged"):
     p = problem([40, 17], dtype="float16", kv_heads=2)
     mutate(p)
     with pytest.raises(KernelInputError, match=match):
-        A.prepare(p, variant, _NoLaunchBackend())
+        A.prepare(p, variant, NoLaunchBackend())
 
 
 @pytest.mark.parametrize("mutate,match", [
@@ -196,11 +178,11 @@ def test_bad_variant_and_partition_limits():
     _bad(lambda p: None, "variant 'flash'", variant="flash")
     p = problem([20_000], dtype="float16", heads=1, kv_heads=1, partition_size=16)
     with pytest.raises(KernelInputError, match="1250 partitions of 16 tokens exceed 1024"):
-        A.prepare(p, "partitioned", _NoLaunchBackend())
+        A.prepare(p, "partitioned", NoLaunchBackend())
     p = problem([40], max_context=64)
     p.max_context = 20
     with pytest.raises(KernelInputError, match="max_context = 20 is shorter"):
-        A.prepare(p, "contiguous", _NoLaunchBackend())
+        A.prepare(p, "contiguous", NoLaunchBackend())
 
 
 def test_window_allows_freed_blocks_before_it():

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from gpu_testing import BACKENDS, backend_for
+from gpu_testing import BACKENDS, NoLaunchBackend, backend_for
 
 from gpu.cache_ops import copy_blocks, write_into_cache
 from gpu.dtypes import storage_type
@@ -58,16 +58,6 @@ def test_copy_blocks_duplicates_whole_blocks(backend, dtype):
     assert np.array_equal(be.to_numpy(v_dev), expect_v)
 
 
-class _NoLaunch:
-    name, xp = "no-launch", np
-
-    def module(self, *a, **k):
-        raise AssertionError("launched on bad input")
-
-    def asarray(self, a):
-        raise AssertionError("uploaded bad input")
-
-
 @pytest.mark.parametrize("slots,key_shape,match", [
     ([0, 96], (2, 2, 64), r"slot_mapping\[1\] = 96 is outside the pool \(0..95\)"),
     ([4, 4], (2, 2, 64), "writes one slot twice"),
@@ -78,16 +68,16 @@ def test_write_checks(slots, key_shape, match):
     pool = _pool("float16")
     key = np.zeros(key_shape, np.float16)
     with pytest.raises(KernelInputError, match=match):
-        write_into_cache(_NoLaunch(), pool.k, pool.v, key, key.copy(), np.array(slots), dtype="float16")
+        write_into_cache(NoLaunchBackend(), pool.k, pool.v, key, key.copy(), np.array(slots), dtype="float16")
 
 
 def test_write_checks_dtype_and_pool():
     pool = _pool("float16")
     key = np.zeros((1, 2, 64), np.float32)
     with pytest.raises(KernelInputError, match="key must be a C-contiguous, 16-byte aligned float16 array"):
-        write_into_cache(_NoLaunch(), pool.k, pool.v, key, key, np.array([0]), dtype="float16")
+        write_into_cache(NoLaunchBackend(), pool.k, pool.v, key, key, np.array([0]), dtype="float16")
     with pytest.raises(KernelInputError, match="v_pool dtype float16 does not carry bfloat16"):
-        write_into_cache(_NoLaunch(), pool.k.view(np.uint16), pool.v, key, key, np.array([0]), dtype="bfloat16")
+        write_into_cache(NoLaunchBackend(), pool.k.view(np.uint16), pool.v, key, key, np.array([0]), dtype="bfloat16")
 
 
 @pytest.mark.parametrize("mapping,match", [
@@ -100,4 +90,4 @@ def test_write_checks_dtype_and_pool():
 def test_copy_checks(mapping, match):
     pool = _pool("float32")
     with pytest.raises(KernelInputError, match=match):
-        copy_blocks(_NoLaunch(), pool.k, pool.v, np.array(mapping), dtype="float32")
+        copy_blocks(NoLaunchBackend(), pool.k, pool.v, np.array(mapping), dtype="float32")
