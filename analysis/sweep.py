@@ -9,6 +9,7 @@ the points not yet in the log. A point that raises is recorded as failed with it
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -16,9 +17,10 @@ import math
 import multiprocessing
 import signal
 import sys
+import threading
 import time
 import traceback
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,14 +176,31 @@ def run_sweep(
         gen = runner(pending, fn, workers=workers, scheduler=scheduler, client=client)
         try:
             for rec in gen:
-                record(rec)
-                advance(rec)
+                with _sigint_deferred():  # a point is logged and counted whole, or not at all
+                    record(rec)
+                    advance(rec)
         except KeyboardInterrupt:
             outcome.interrupted = True
         finally:
             gen.close()  # shuts the executor down (and stops running points) on an interrupt
     outcome.summary = write_summary(out, points_table(points, done))
     return outcome
+
+
+@contextlib.contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C that arrives inside the block until the block is done, then raise it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    hit: list[bool] = []
+    old = signal.signal(signal.SIGINT, lambda *_: hit.append(True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+    if hit:
+        raise KeyboardInterrupt
 
 
 # --------------------------------------------------------------------------- executors
