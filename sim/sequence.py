@@ -98,11 +98,13 @@ class SeqTable:
         assert len(free) == len(self._free), "a slot is listed twice on the free list"
         assert not free & set(live), f"slots {sorted(free & set(live))} are both live and free"
         assert len(free) + len(set(live)) == self.capacity, "slots leaked (neither live nor free)"
-        for s in live:
-            assert 0 <= self.spec[s] <= self.ctx[s] <= self.final[s], \
-                f"slot {s}: spec={self.spec[s]} ctx={self.ctx[s]} final={self.final[s]}"
-        for s in free:
-            assert not self.data[:, s].any(), f"free slot {s} has counters {self.data[:, s].tolist()}"
+        lv = np.array(sorted(set(live)), dtype=np.int64)
+        bad = lv[~((self.spec[lv] >= 0) & (self.spec[lv] <= self.ctx[lv]) & (self.ctx[lv] <= self.final[lv]))]
+        assert not bad.size, (f"slot {int(bad[0])}: spec={self.spec[bad[0]]} ctx={self.ctx[bad[0]]} "
+                              f"final={self.final[bad[0]]}")
+        fr = np.array(sorted(free), dtype=np.int64)
+        dirty = fr[self.data[:, fr].any(axis=0)] if fr.size else fr
+        assert not dirty.size, f"free slot {int(dirty[0])} has counters {self.data[:, dirty[0]].tolist()}"
 
 
 @dataclass(slots=True, eq=False)
