@@ -23,12 +23,17 @@ from sim.request import RequestSpec, SpecError
 from sim.swap import SwapSpace, SwapSpaceError
 
 
+def _any(v: object) -> Any:
+    """A wrongly typed value, as a user's config file could give."""
+    return v
+
+
 @pytest.mark.parametrize(("make", "field", "valid"), [
     (lambda: PagedCacheSpec(block_size=0), "cache.block_size", "integer >= 1"),
-    (lambda: PagedCacheSpec(block_size=2.5), "cache.block_size", "integer >= 1"),
+    (lambda: PagedCacheSpec(block_size=_any(2.5)), "cache.block_size", "integer >= 1"),
     (lambda: PagedCacheSpec(watermark=1.0), "cache.watermark", "[0, 1)"),
     (lambda: PagedCacheSpec(watermark=-0.1), "cache.watermark", "[0, 1)"),
-    (lambda: PagedCacheSpec(prefix_caching="yes"), "cache.prefix_caching", "true or false"),
+    (lambda: PagedCacheSpec(prefix_caching=_any("yes")), "cache.prefix_caching", "true or false"),
     (lambda: ContiguousCacheSpec(policy="exact"), "cache.policy", "max, pow2, oracle"),
     (lambda: ContiguousCacheSpec(placement="worst_fit"), "cache.placement", "first_fit, best_fit, buddy"),
     (lambda: SchedulerConfig(max_num_seqs=0), "scheduler.max_num_seqs", "integer >= 1"),
@@ -42,8 +47,8 @@ from sim.swap import SwapSpace, SwapSpaceError
     (lambda: SimConfig(gpu_memory_utilization=0.0), "gpu_memory_utilization", "(0, 1]"),
     (lambda: SimConfig(max_model_len=1), "max_model_len", "integer >= 2"),
     (lambda: SimConfig(memory_sample_interval_s=0), "memory_sample_interval_s", "seconds > 0"),
-    (lambda: SimConfig(cache="paged"), "cache", "PagedCacheSpec"),
-    (lambda: SimConfig(scheduler={"max_num_seqs": 4}), "scheduler", "SchedulerConfig"),
+    (lambda: SimConfig(cache=_any("paged")), "cache", "PagedCacheSpec"),
+    (lambda: SimConfig(scheduler=_any({"max_num_seqs": 4})), "scheduler", "SchedulerConfig"),
 ])
 def test_bad_values_name_the_field_and_range(make: Any, field: str, valid: str) -> None:
     with pytest.raises(SpecError) as ei:
