@@ -293,32 +293,32 @@ __device__ __forceinline__ void reduce_partitions(T* __restrict__ out, const flo
 }  // namespace pagesim
 
 // extern "C" entry points per storage type (no name mangling: CuPy and the CPU shim find them by name)
-#define PAGESIM_DEFINE_DECODE_KERNELS(T, SUF)                                                                       \
-  extern "C" __global__ void __launch_bounds__(NUM_THREADS, MIN_BLOCKS_PER_SM) paged_decode_##SUF(                                    \
-      T* __restrict__ out, float* __restrict__ tmp_out, float* __restrict__ exp_sums,                                \
-      float* __restrict__ max_logits, const T* __restrict__ q, const T* __restrict__ k_cache,                        \
-      const T* __restrict__ v_cache, const int* __restrict__ block_tables, const int* __restrict__ context_lens,     \
-      int num_kv_heads, int max_blocks_per_seq, int partition_size, int window, float scale, float k_scale,          \
-      float v_scale) {                                                                                              \
-    pagesim::decode_attention<T>(out, tmp_out, exp_sums, max_logits, q, k_cache, v_cache,                           \
-                                 pagesim::PagedTiles{block_tables, max_blocks_per_seq}, context_lens, num_kv_heads, \
-                                 partition_size, window, scale, k_scale, v_scale);                                  \
-  }                                                                                                                 \
-  extern "C" __global__ void __launch_bounds__(NUM_THREADS, MIN_BLOCKS_PER_SM) contiguous_decode_##SUF(                               \
-      T* __restrict__ out, float* __restrict__ tmp_out, float* __restrict__ exp_sums,                                \
-      float* __restrict__ max_logits, const T* __restrict__ q, const T* __restrict__ k_cache,                        \
-      const T* __restrict__ v_cache, const int* __restrict__ context_lens, int num_kv_heads, int max_len,           \
-      int partition_size, int window, float scale, float k_scale, float v_scale) {                                  \
-    pagesim::decode_attention<T>(out, tmp_out, exp_sums, max_logits, q, k_cache, v_cache,                           \
-                                 pagesim::ContiguousTiles{max_len}, context_lens, num_kv_heads, partition_size,     \
-                                 window, scale, k_scale, v_scale);                                                  \
-  }                                                                                                                 \
-  extern "C" __global__ void __launch_bounds__(NUM_THREADS, MIN_BLOCKS_PER_SM) decode_reduce_##SUF(                                   \
-      T* __restrict__ out, const float* __restrict__ tmp_out, const float* __restrict__ exp_sums,                    \
-      const float* __restrict__ max_logits, const int* __restrict__ context_lens, int max_parts,                    \
-      int partition_size, int window) {                                                                             \
-    pagesim::reduce_partitions<T>(out, tmp_out, exp_sums, max_logits, context_lens, max_parts, partition_size,      \
-                                  window);                                                                          \
+#define PAGESIM_DEFINE_DECODE_KERNELS(T, SUF)                                                                         \
+  extern "C" __global__ void __launch_bounds__(NUM_THREADS, MIN_BLOCKS_PER_SM) paged_decode_##SUF(                    \
+      T* __restrict__ out, float* __restrict__ tmp_out, float* __restrict__ exp_sums,                                 \
+      float* __restrict__ max_logits, const T* __restrict__ q, const T* __restrict__ k_cache,                         \
+      const T* __restrict__ v_cache, const int* __restrict__ block_tables, const int* __restrict__ context_lens,      \
+      int num_kv_heads, int max_blocks_per_seq, int partition_size, int window, float scale, float k_scale,           \
+      float v_scale) {                                                                                                \
+    pagesim::decode_attention<T>(out, tmp_out, exp_sums, max_logits, q, k_cache, v_cache,                             \
+                                 pagesim::PagedTiles{block_tables, max_blocks_per_seq}, context_lens, num_kv_heads,   \
+                                 partition_size, window, scale, k_scale, v_scale);                                    \
+  }                                                                                                                   \
+  extern "C" __global__ void __launch_bounds__(NUM_THREADS, MIN_BLOCKS_PER_SM) contiguous_decode_##SUF(               \
+      T* __restrict__ out, float* __restrict__ tmp_out, float* __restrict__ exp_sums,                                 \
+      float* __restrict__ max_logits, const T* __restrict__ q, const T* __restrict__ k_cache,                         \
+      const T* __restrict__ v_cache, const int* __restrict__ context_lens, int num_kv_heads, int max_len,             \
+      int partition_size, int window, float scale, float k_scale, float v_scale) {                                    \
+    pagesim::decode_attention<T>(out, tmp_out, exp_sums, max_logits, q, k_cache, v_cache,                             \
+                                 pagesim::ContiguousTiles{max_len}, context_lens, num_kv_heads, partition_size,       \
+                                 window, scale, k_scale, v_scale);                                                    \
+  }                                                                                                                   \
+  extern "C" __global__ void __launch_bounds__(NUM_THREADS, MIN_BLOCKS_PER_SM) decode_reduce_##SUF(                   \
+      T* __restrict__ out, const float* __restrict__ tmp_out, const float* __restrict__ exp_sums,                     \
+      const float* __restrict__ max_logits, const int* __restrict__ context_lens, int max_parts,                      \
+      int partition_size, int window) {                                                                               \
+    pagesim::reduce_partitions<T>(out, tmp_out, exp_sums, max_logits, context_lens, max_parts, partition_size,        \
+                                  window);                                                                            \
   }
 
 PAGESIM_DEFINE_DECODE_KERNELS(float, f32)
