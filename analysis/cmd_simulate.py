@@ -286,10 +286,13 @@ def register(app: typer.Typer) -> None:
                   retry_failed: Annotated[bool, typer.Option("--retry-failed", help="With --resume: run failed points again.")] = False,
                   progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on stderr.")] = True,
                   preset: Preset = None, trace: Trace = None, fmt: Fmt = None, num_requests: NumReq = None,
-                  rate: Rate = None, sampling: Sampling = None, model: Model = None, gpu: Gpu = None,
-                  kv_dtype: KvDtype = None, kv_tokens: KvTokens = None, kv_gb: KvGb = None, max_len: MaxLen = None,
+                  rate: Rate = None, arrival: Arrival = None, cv: Cv = None, prompt_len: PLen = None,
+                  output_len: OLen = None, window: Window = None, skip_bad_rows: SkipBad = None,
+                  sampling: Sampling = None, model: Model = None, gpu: Gpu = None, kv_dtype: KvDtype = None,
+                  kv_tokens: KvTokens = None, kv_gb: KvGb = None, mem_util: MemUtil = None, max_len: MaxLen = None,
                   latency: Latency = None, block_size: Block = None, placement: Placement = None,
-                  prefix: Prefix = None, max_seqs: MaxSeqs = None, seed: Seed = None, out: Out = None,
+                  prefix: Prefix = None, max_seqs: MaxSeqs = None, max_tokens: MaxTok = None,
+                  chunked: Chunked = None, preemption: Preempt = None, seed: Seed = None, out: Out = None,
                   report: Report = True) -> None:
         """A grid of simulations (block size, KV budget, rate, system, sampling, any field), in parallel.
 
