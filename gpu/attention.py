@@ -117,8 +117,9 @@ def validate(p: DecodeProblem, variant: str = "paged") -> None:
         i = int(np.argmin(cl))
         _fail(f"context_lens[{i}] = {cl[i]} is negative")
     width = bt.shape[1]
+    firsts = p.first_tokens()
     for i in range(s):
-        n, first = int(cl[i]), int(p.first_tokens()[i])
+        n, first = int(cl[i]), int(firsts[i])
         if blocks_needed(n, p.block_size) > width:
             _fail(f"context_lens[{i}] = {n} needs {blocks_needed(n, p.block_size)} blocks; block_tables has "
                   f"{width} per sequence (max context {width * p.block_size})")
