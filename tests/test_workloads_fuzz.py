@@ -148,3 +148,37 @@ def test_arbitrary_azure_like_text_gives_clean_errors(text):
         assert "\n" not in str(err)
     else:
         r.columns.check_invariants()
+
+
+optional_cell = {
+    "n": st.one_of(st.none(), st.integers(1, 3)),
+    "spec_k": st.one_of(st.none(), st.integers(0, 8)),
+    "spec_accept": st.one_of(st.none(), st.floats(0, 1), st.integers(0, 1)),
+    "cancel_time": st.one_of(st.none(), st.floats(0, 100)),
+    "prefix_hashes": st.one_of(st.none(), st.lists(st.integers(-2**63, 2**63 - 1), max_size=2)),
+    "req_id": st.one_of(st.none(), st.integers(0, 10**6)),
+}
+
+
+@SETTINGS
+@given(rows=st.lists(st.fixed_dictionaries({}, optional={k: v for k, v in optional_cell.items()}),
+                     min_size=1, max_size=12))
+def test_jsonl_fast_path_matches_python_path(rows):
+    """pyarrow's reader (clean files) and the Python reader must agree on every valid file."""
+    recs = []
+    for k, extra in enumerate(rows):
+        rec = {"arrival_time": k * 0.5, "prompt_len": 2048, "output_len": 3, "prefix_unit": 1024, **extra}
+        if rec.get("req_id") is not None:
+            rec["req_id"] = k  # unique
+        recs.append(rec)
+    text = [json.dumps(r) for r in recs]
+    fast = write("a.jsonl", "\n".join(text) + "\n")
+    slow = write("b.jsonl", "\n".join(text[:1] + ["  "] + text[1:]) + "\n")  # forces the Python path
+    try:
+        a = load_trace(fast).specs
+    except TraceError as err:
+        with np.testing.assert_raises(TraceError) as e2:
+            load_trace(slow)
+        assert (err.column, err.msg) == (e2.exception.column, e2.exception.msg)
+        return
+    assert a == load_trace(slow).specs

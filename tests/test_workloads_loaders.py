@@ -329,3 +329,23 @@ def test_jsonl_fast_and_python_paths_agree(tmp_path):
     assert a.specs[3].prefix_hashes == (0, 3) and a.specs[3].req_id == "r3" and a.specs[3].cancel_time is None
     assert a.frame()["line"].tolist()[9:12] == [10, 11, 12]
     assert b.frame()["line"].tolist()[9:12] == [10, 12, 13]
+
+
+def test_arrival_options_on_a_timestamped_file_are_refused(tmp_path):
+    p = write(tmp_path, "a.csv", azure_rows("2023-11-16 18:00:00.0,5,6", "2023-11-16 18:00:01.0,5,6"))
+    for kw in ({"rate": 5.0}, {"arrival": "gamma"}, {"shuffle": True}):
+        with pytest.raises(WorkloadError, match="target_rate"):
+            load_trace(p, rng=np.random.default_rng(0), **kw)
+
+
+def test_null_ids_in_a_first_row_do_not_scramble_later_rows(tmp_path):
+    # pyarrow's JSON reader scrambles list items when row 1 has [null, null]; the loader must not
+    lines = ['{"timestamp": 0, "input_length": 600, "output_length": 3, "hash_ids": [null, null]}'] + [
+        json.dumps({"timestamp": k, "input_length": 600, "output_length": 3, "hash_ids": [0, k]})
+        for k in (2, 3)]
+    p = write(tmp_path, "m.jsonl", "\n".join(lines))
+    with pytest.raises(TraceError, match="not a list of integer ids") as e:
+        load_trace(p)
+    assert e.value.line == 1
+    r = load_trace(p, skip_bad_rows=True)
+    assert [s.prefix_hashes for s in r.specs] == [(0, 2), (0, 3)]

@@ -139,6 +139,10 @@ def load_trace(path: str | Path, format: str | None = None, *, skip_bad_rows: bo
                             hash_unit=hash_unit, allow_extra_columns=allow_extra_columns,
                             arrival=process, rng=rng, shuffle=shuffle)
     cols, stats = TRACE_FORMATS[format].reader(path, read_opts)
+    if "arrival" not in stats and (rate is not None or shuffle or not isinstance(arrival, str)
+                                   or arrival != "poisson"):
+        raise WorkloadError(f"{path}: the file has arrival times, so arrival/rate/shuffle do not apply; "
+                            "use target_rate= or time_scale= to change its rate")
     stats = {"path": str(path), **stats, "rows_valid": len(cols)}
     cols, more = apply_options(cols, trace_opts)
     stats.update(more)

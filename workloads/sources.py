@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.json as pa_json
 
 from workloads.arrivals import ArrivalProcess
@@ -188,8 +189,12 @@ def _parse_arrow(data: bytes, keys: tuple[str, ...]) -> JsonlRows | None:
             columns[k] = col.to_numpy()  # nulls become NaN ('missing')
         elif pa.types.is_null(typ):
             continue
-        elif pa.types.is_string(typ) or (pa.types.is_list(typ) and (
-                pa.types.is_integer(typ.value_type) or pa.types.is_null(typ.value_type))):
+        elif pa.types.is_string(typ):
+            columns[k] = col.to_pylist()
+        elif pa.types.is_list(typ) and pa.types.is_integer(typ.value_type) \
+                and pc.list_flatten(col).null_count == 0:
+            # null items are invalid anyway, and pyarrow 26 scrambles list items when a first row's
+            # [null, ...] list is promoted to ints: let the Python path parse such files
             columns[k] = col.to_pylist()
         else:  # booleans, timestamps inferred from strings, nested objects...: let Python judge
             return None
