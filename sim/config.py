@@ -86,8 +86,11 @@ class SchedulerConfig:
     cpu_swap_space_gb: CPU swap pool size in GiB (swap mode).
     too_long: a request with prompt + output > max_model_len is "reject"ed (recorded, skipped),
       "truncate"d (output cut to fit; prompt >= max_model_len still rejected) or an "error" (SpecError).
-    beam_keep_prob: beam search model: each new beam continues its own parent with this probability,
-      otherwise it descends from a parent drawn uniformly from the current beams (see docs/simulator.md).
+    beam_switch_prob, beam_switch_halflife: the beam-search survival model. After g generated tokens
+      each new beam descends from a uniformly drawn current beam with probability
+      beam_switch_prob * h / (h + g) (h = beam_switch_halflife tokens), else continues its own parent:
+      beams reshuffle often at first and lock in as their score gaps grow. The defaults (0.5, 10)
+      put block savings in the vLLM paper's range for widths 2-6 (see docs/simulator.md).
     """
 
     max_num_seqs: int = 256
@@ -96,7 +99,8 @@ class SchedulerConfig:
     preemption_mode: str = "recompute"
     cpu_swap_space_gb: float = 4.0
     too_long: str = "reject"
-    beam_keep_prob: float = 0.5
+    beam_switch_prob: float = 0.5
+    beam_switch_halflife: float = 10.0
 
     def __post_init__(self) -> None:
         if not _is_int(self.max_num_seqs) or self.max_num_seqs < 1:
@@ -113,8 +117,10 @@ class SchedulerConfig:
             raise _bad("scheduler.cpu_swap_space_gb", "GiB >= 0", self.cpu_swap_space_gb)
         if self.too_long not in TOO_LONG_RULES:
             raise _bad("scheduler.too_long", ", ".join(TOO_LONG_RULES), self.too_long)
-        if not _is_num(self.beam_keep_prob) or not 0.0 <= self.beam_keep_prob <= 1.0:
-            raise _bad("scheduler.beam_keep_prob", "[0, 1]", self.beam_keep_prob)
+        if not _is_num(self.beam_switch_prob) or not 0.0 <= self.beam_switch_prob <= 1.0:
+            raise _bad("scheduler.beam_switch_prob", "[0, 1]", self.beam_switch_prob)
+        if not _is_num(self.beam_switch_halflife) or self.beam_switch_halflife <= 0:
+            raise _bad("scheduler.beam_switch_halflife", "tokens > 0", self.beam_switch_halflife)
 
     def token_budget(self, max_model_len: int) -> int:
         """The effective max_num_batched_tokens (the default depends on chunking and max_model_len)."""

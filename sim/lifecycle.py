@@ -149,13 +149,15 @@ def _advance_group(s: Scheduler, g: SeqGroup, out: SchedulerOutput) -> bool:
 
 
 def _select_beams(s: Scheduler, g: SeqGroup) -> None:
-    """Keep k beams: each new beam continues its own parent with probability beam_keep_prob, else
-    descends from a uniformly drawn current beam. Parents left without a child are freed (pruned);
-    parents with c children fork c - 1 copies sharing all their blocks (the next append copies the
-    shared partial last block)."""
+    """Keep k beams. After gen tokens, each new beam descends from a uniformly drawn current beam with
+    probability beam_switch_prob * h / (h + gen), else continues its own parent. Parents left without
+    a child are freed (pruned); a parent with c children forks c - 1 copies sharing all its blocks
+    (the next append copies the shared partial last block)."""
     k = len(g.slots)
-    rng, keep = s.rng, s.config.beam_keep_prob
-    parents = np.where(rng.random(k) < keep, np.arange(k), rng.integers(0, k, size=k))
+    rng, cfg = s.rng, s.config
+    h = cfg.beam_switch_halflife
+    switch = cfg.beam_switch_prob * h / (h + float(s.table.gen[g.slots[0]]))
+    parents = np.where(rng.random(k) < switch, rng.integers(0, k, size=k), np.arange(k))
     children = np.bincount(parents, minlength=k)
     if children.max() == 1:
         return

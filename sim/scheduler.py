@@ -340,13 +340,15 @@ class Scheduler:
         self._dirty = True
 
     def _preempt(self, g: SeqGroup, out: SchedulerOutput) -> None:
-        """Preempt a whole group: swap it out, or free it and requeue it at the head (recompute)."""
+        """Preempt a whole group: swap it out (swap mode, or several sequences in either mode, as
+        vLLM v0), or free it and requeue it at the head of the queue (recompute)."""
         ops, t = self.ops, self.table
         self.remove_running(g)
         g.num_preemptions += 1
         out.preempted.append(g)
         g.peak_blocks = max(g.peak_blocks, ops.group_blocks(g))
-        if self.config.preemption_mode == "swap" and g.decoding:
+        # vLLM v0 recomputes only single sequences: a group of several is swapped in either mode.
+        if g.decoding and (self.config.preemption_mode == "swap" or len(g.slots) > 1):
             blocks = ops.cache.unique_blocks(g.seq_ids)
             assert self.swap is not None
             if self.swap.can_swap_out(blocks):
@@ -361,7 +363,7 @@ class Scheduler:
             self.num_swap_fallbacks += 1
         ops.free_group(g)
         # Recompute: a single sequence keeps its output (prompt + generated tokens are prefilled
-        # again); a group of several sequences restarts from its prompt.
+        # again); a group of several sequences (the host pool was full) restarts from its prompt.
         while len(g.slots) > 1:
             s = g.slots.pop()
             g.seq_ids.pop()

@@ -95,8 +95,8 @@ def test_beam_search_is_reproducible_from_the_seed_and_saves_blocks() -> None:
     assert json.dumps(a.summary) == json.dumps(b.summary)  # NaN-safe equality
     assert [m.token_states for m in a.memory] == [m.token_states for m in b.memory]
     assert a.summary["num_finished"] == 6 and a.summary["sharing_savings_blocks_pct"] > 30
-    keep = run(reqs, cfg(capacity=4096, block_size=8, scheduler=SchedulerConfig(beam_keep_prob=1.0)), rng=7)
-    # Beams that always keep themselves share only the prompt: less saving than random survival.
+    keep = run(reqs, cfg(capacity=4096, block_size=8, scheduler=SchedulerConfig(beam_switch_prob=0.0)), rng=7)
+    # Beams that always continue themselves share only the prompt: less saving than reshuffling ones.
     assert keep.summary["sharing_savings_blocks_pct"] < a.summary["sharing_savings_blocks_pct"]
 
 

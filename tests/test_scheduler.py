@@ -232,10 +232,11 @@ def test_parallel_sampling_forks_after_prefill_and_copies_on_write() -> None:
 
 
 def test_beam_search_prunes_forks_and_copies_on_write() -> None:
-    # Step 2 selection: no beam keeps itself (randoms >= 0.5); parents drawn [0, 0, 1] -> beam 0 gets two
-    # children, beam 1 one, beam 2 none (pruned). Step 3 selection: every beam keeps itself.
-    rng = FakeRng(randoms=[[0.9, 0.9, 0.9], [0.1, 0.1, 0.1]], ints=[[0, 0, 1], [0, 0, 0]])
-    s = make(rng=rng, beam_keep_prob=0.5)
+    # Switch probability 1.0 * h / (h + gen): 1/3 after step 2 (gen 2), 1/4 after step 3 (gen 3).
+    # Step 2 selection: every beam switches (randoms < 1/3); parents drawn [0, 0, 1] -> beam 0 gets two
+    # children, beam 1 one, beam 2 none (pruned). Step 3 selection: no beam switches (randoms >= 1/4).
+    rng = FakeRng(randoms=[[0.3, 0.3, 0.3], [0.3, 0.3, 0.3]], ints=[[0, 0, 1], [2, 2, 2]])
+    s = make(rng=rng, beam_switch_prob=1.0, beam_switch_halflife=1.0)
     add(s, "A", 4, 4, beam_width=3)
     log = [step(s, extra=("num_cows",))]
     assert log[0]["used"] == 1  # the prompt's one full block, shared by the 3 beams after prefill
