@@ -56,7 +56,7 @@ def steady_share_of_used(res: SimResult, t0: float, t1: float) -> dict[str, floa
 # 4 req/s saturates every system here (the paper's 2 req/s saturated its measured system: our roofline
 # step time, ~23 ms for OPT-13B, is shorter than the real one, so the same rate loads the pool less).
 RATE, N = 4.0, 300
-SYSTEMS = {
+SYSTEMS: dict[str, PagedCacheSpec | ContiguousCacheSpec] = {
     "paged": PagedCacheSpec(block_size=16),
     "max": ContiguousCacheSpec(policy="max", placement="buddy"),  # the paper's Orca baselines use a
     "pow2": ContiguousCacheSpec(policy="pow2", placement="buddy"),  # buddy allocator
@@ -134,7 +134,8 @@ def test_sharing_savings(kind: str, dataset: str) -> None:
     lo, hi = PAPER_SAVINGS[(kind, dataset)]
     got = []
     for width in (2, 6):
-        reqs = [dataclasses.replace(r, **{kind: width}) for r in base]
+        reqs = [dataclasses.replace(r, n=width) if kind == "n" else dataclasses.replace(r, beam_width=width)
+                for r in base]
         got.append(simulate(reqs, SimConfig(), rng=0).summary["sharing_savings_blocks_pct"])
     print(f"\n{kind} {dataset}: saved {got[0]:.1f}% (width 2), {got[1]:.1f}% (width 6); paper {lo}-{hi}%")
     # Parallel samples share exactly their prompt, so the saving is set by the prompt's share of each
