@@ -1,7 +1,7 @@
 """Decode attention as a Python API: a DecodeProblem (queries, paged K/V pools, block tables, context
-lengths), the checks that run before any launch, and launching one of the VARIANTS on a backend:
-"paged" (one pass over the context), "partitioned" (split context + reduce kernel) or "contiguous"
-(the same kernel over a [num_seqs, kv_heads, max_len, head_dim] cache, for the paging overhead).
+lengths, optional quantised storage with scales), the checks that run before any launch, and launching
+one of the VARIANTS on a backend: "paged" (one pass over the context), "partitioned" (split context +
+reduce kernel) or "contiguous" (the same kernel over a [num_seqs, kv_heads, max_len, head_dim] cache).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from gpu.layout import (
     gather_contiguous,
     scattered_block_tables,
 )
+from gpu.quant import KVQuant, check_scales, gather_scales_contiguous, parse_kv_dtype, quantize_pool
 
 ATTENTION_FILE = "paged_attention.cu"
 VARIANTS = ("paged", "partitioned", "contiguous")
@@ -39,7 +40,10 @@ class DecodeProblem:
     block_size, head_dim]; block_tables [num_seqs, max_blocks_per_seq] int32 (-1 = unused);
     context_lens [num_seqs] int32. Arrays hold the carrier dtype of `dtype` (bf16 as uint16 bits).
     window > 0 reads only the last `window` tokens; max_context is the contiguous variant's
-    reservation per sequence (0 = the longest context). check_invariants() raises KernelInputError."""
+    reservation per sequence (0 = the longest context). Quantised KV: kv_dtype ("fp8_e4m3:per_block",
+    see gpu.quant) makes the pools code arrays (uint8 / int8) and k_scales / v_scales their float32
+    scales; q and the output stay in `dtype` (float16 or bfloat16). check_invariants() raises
+    KernelInputError."""
 
     q: np.ndarray
     k_pool: np.ndarray
@@ -55,10 +59,24 @@ class DecodeProblem:
     window: int = 0
     partition_size: int = DEFAULT_PARTITION_SIZE
     max_context: int = 0
+    kv_dtype: str = ""  # "" = the pools hold `dtype`
+    k_scales: Any = None
+    v_scales: Any = None
 
     @property
     def storage(self) -> StorageType:
+        """The storage type of q and the output (and of the pools unless quantised)."""
         return storage_type(self.dtype)
+
+    @property
+    def kv_quant(self) -> KVQuant | None:
+        return parse_kv_dtype(self.kv_dtype) if self.kv_dtype else None
+
+    @property
+    def kv_storage(self) -> StorageType:
+        """The storage type of the K/V pools."""
+        kv = self.kv_quant
+        return kv.storage if kv else self.storage
 
     @property
     def num_seqs(self) -> int:
@@ -89,6 +107,7 @@ def _fail(msg: str) -> None:
 def validate(p: DecodeProblem, variant: str = "paged") -> None:
     """Every check the kernels rely on; raises KernelInputError naming the argument and valid range."""
     st = storage_type(p.dtype)
+    kv = _check_kv_format(p)
     check_geometry(p.head_dim, p.block_size)
     if p.num_kv_heads < 1 or p.num_heads < 1 or p.num_heads % p.num_kv_heads:
         _fail(f"num_heads = {p.num_heads} must be a positive multiple of num_kv_heads = {p.num_kv_heads}")
@@ -97,10 +116,12 @@ def validate(p: DecodeProblem, variant: str = "paged") -> None:
               f"{getattr(p.q, 'shape', type(p.q).__name__)}")
     if p.q.dtype != st.carrier or not p.q.flags.c_contiguous:
         _fail(f"q must be a C-contiguous {st.carrier} array carrying {st.name}; got {p.q.dtype}")
-    KVPool(p.k_pool, p.v_pool, st).check_invariants()
+    KVPool(p.k_pool, p.v_pool, p.kv_storage).check_invariants()
     if p.k_pool.shape[1:] != (p.num_kv_heads, p.block_size, p.head_dim):
         _fail(f"pool shape {p.k_pool.shape} does not match (num_blocks, num_kv_heads={p.num_kv_heads}, "
               f"block_size={p.block_size}, head_dim={p.head_dim})")
+    if kv is not None:
+        check_scales(kv, p.k_scales, p.v_scales, p.num_blocks, p.num_kv_heads, p.block_size)
     s = p.num_seqs
     if s > MAX_GRID_YZ:
         _fail(f"num_seqs = {s} exceeds the grid limit {MAX_GRID_YZ}; split the batch")
@@ -142,6 +163,16 @@ def validate(p: DecodeProblem, variant: str = "paged") -> None:
         _fail(f"variant {variant!r}: valid are {', '.join(VARIANTS)}")
 
 
+def _check_kv_format(p: DecodeProblem) -> KVQuant | None:
+    try:
+        kv = p.kv_quant
+    except ValueError as e:
+        raise KernelInputError(str(e)) from None
+    if kv is not None and p.dtype not in ("float16", "bfloat16"):
+        _fail(f"dtype = {p.dtype!r}: quantised KV ({kv.name}) takes float16 or bfloat16 queries")
+    return kv
+
+
 def num_partitions(p: DecodeProblem) -> int:
     """Partitions of partition_size tokens covering the longest context (>= 1)."""
     return max(1, -(-int(p.context_lens.max(initial=0)) // p.partition_size))
@@ -161,9 +192,16 @@ def choose_variant(context_lens: Sequence[int] | np.ndarray, num_heads: int, *,
 def kv_bytes_read(p: DecodeProblem) -> int:
     """Bytes of K and V the decode must read from memory: every token in range (the window, if any)
     of every sequence, for every kv head, once. Query heads sharing a kv head (GQA) read it from cache,
-    and blocks shared between sequences are counted per sequence (each reads them)."""
+    and blocks shared between sequences are counted per sequence (each reads them). Quantised storage
+    adds its per_head / per_block scales (the per_tensor / per_kv_head ones are a few cached bytes)."""
     tokens = int((p.context_lens.astype(np.int64) - p.first_tokens()).sum())
-    return 2 * tokens * p.num_kv_heads * p.head_dim * p.storage.itemsize
+    data = 2 * tokens * p.num_kv_heads * p.head_dim * p.kv_storage.itemsize
+    kv = p.kv_quant
+    if kv is not None and kv.granularity == "per_head":  # a 4-byte scale per token, kv head, K and V
+        data += 2 * tokens * p.num_kv_heads * 4
+    elif kv is not None and kv.granularity == "per_block":
+        data += 2 * num_blocks_touched(p) * p.num_kv_heads * 4
+    return data
 
 
 def num_blocks_touched(p: DecodeProblem) -> int:
@@ -176,10 +214,14 @@ def num_blocks_touched(p: DecodeProblem) -> int:
 
 def make_problem(context_lens: Sequence[int] | np.ndarray, *, num_heads: int, num_kv_heads: int, head_dim: int,
                  block_size: int, dtype: str, rng: np.random.Generator, max_context: int | None = None,
-                 window: int = 0, partition_size: int = DEFAULT_PARTITION_SIZE) -> DecodeProblem:
+                 window: int = 0, partition_size: int = DEFAULT_PARTITION_SIZE, kv_dtype: str = "") -> DecodeProblem:
     """A random problem: N(0, 1) queries and K/V, each sequence's blocks scattered over a pool with
-    spare blocks. Unwritten slots (spares, the tail of last blocks) hold NaN, so reading one shows."""
+    spare blocks. Unwritten slots (spares, the tail of last blocks) hold NaN, so reading one shows.
+    kv_dtype (e.g. "int8:per_block"): quantise the K/V (rounded to `dtype` first) with scales from
+    their absolute maxima (gpu.quant.quantize_pool); unwritten slots hold the poison code and, for
+    per_block / per_head, NaN scales."""
     st = storage_type(dtype)
+    kv = parse_kv_dtype(kv_dtype) if kv_dtype else None
     check_geometry(head_dim, block_size)
     lens = np.asarray(context_lens, np.int32)
     if lens.ndim != 1 or (lens.size and lens.min() < 0):
@@ -198,8 +240,15 @@ def make_problem(context_lens: Sequence[int] | np.ndarray, *, num_heads: int, nu
             arr[tables[i, t // block_size], :, t % block_size, :] = st.encode(
                 rng.standard_normal((int(n), num_kv_heads, head_dim)))
     q = st.encode(rng.standard_normal((len(lens), num_heads, head_dim)))
-    return DecodeProblem(q, pool.k, pool.v, tables, lens, num_heads, num_kv_heads, head_dim, block_size, st.name,
-                         1.0 / math.sqrt(head_dim), window, partition_size, max_ctx if max_context is not None else 0)
+    k, v, k_scales, v_scales = pool.k, pool.v, None, None
+    if kv is not None:
+        if st.name not in ("float16", "bfloat16"):
+            raise KernelInputError(f"dtype = {st.name!r}: quantised KV ({kv.name}) takes float16 or bfloat16 queries")
+        k, k_scales = quantize_pool(kv, st.decode(pool.k))
+        v, v_scales = quantize_pool(kv, st.decode(pool.v))
+    return DecodeProblem(q, k, v, tables, lens, num_heads, num_kv_heads, head_dim, block_size, st.name,
+                         1.0 / math.sqrt(head_dim), window, partition_size, max_ctx if max_context is not None else 0,
+                         kv.name if kv else "", k_scales, v_scales)
 
 
 class PreparedDecode:
@@ -208,15 +257,18 @@ class PreparedDecode:
     head_dim] after synchronizing."""
 
     def __init__(self, p: DecodeProblem, variant: str, backend: Backend, partitioned: bool | None) -> None:
-        st = p.storage
+        st, kv = p.storage, p.kv_quant
         self.backend, self.problem, self.variant = backend, p, variant
         if partitioned is None:
             partitioned = variant == "partitioned" or (
                 variant == "contiguous" and choose_variant(p.context_lens, p.num_heads,
                                                            partition_size=p.partition_size) == "partitioned")
         self.partitioned = partitioned
-        mod = backend.module(ATTENTION_FILE, {"HEAD_DIM": p.head_dim, "BLOCK_SIZE": p.block_size,
-                                              "NUM_THREADS": NUM_THREADS})
+        defines = {"HEAD_DIM": p.head_dim, "BLOCK_SIZE": p.block_size, "NUM_THREADS": NUM_THREADS}
+        if kv is not None:
+            defines["KV_QUANT"] = 1  # the quantised kernels live in their own build
+        mod = backend.module(ATTENTION_FILE, defines)
+        suffix = f"{st.suffix}_{kv.storage.suffix}" if kv else st.suffix
         s, h, d = p.num_seqs, p.num_heads, p.head_dim
         parts = num_partitions(p) if partitioned else 1
         self._grid = (h, s, parts)
@@ -226,18 +278,24 @@ class PreparedDecode:
         es = backend.full((s, h, parts), np.nan, np.float32) if partitioned else dummy
         ml = backend.full((s, h, parts), np.nan, np.float32) if partitioned else dummy
         lens = backend.asarray(p.context_lens)
-        scalars = (np.int32(p.partition_size if partitioned else 0), np.int32(p.window), np.float32(p.scale),
-                   np.float32(1.0), np.float32(1.0))  # k_scale, v_scale: 1 for float storage
+        scalars: tuple[Any, ...] = (np.int32(p.partition_size if partitioned else 0), np.int32(p.window),
+                                     np.float32(p.scale), np.float32(1.0), np.float32(1.0))  # k_scale, v_scale
         q = backend.asarray(p.q)
         if variant == "contiguous":
-            pad = st.encode(np.array([np.nan], np.float32))[0]
+            pad = p.kv_storage.encode(np.array([np.nan], np.float32))[0]
             kc, vc = (backend.asarray(gather_contiguous(backend.to_numpy(pool), p.block_tables, p.context_lens,
                                                         p.max_len, pad_value=pad)) for pool in (p.k_pool, p.v_pool))
-            self._decode = mod.get_function(f"contiguous_decode_{st.suffix}")
+            if kv is not None:
+                scalars += tuple(backend.asarray(gather_scales_contiguous(
+                    kv, backend.to_numpy(s), p.block_tables, p.context_lens, p.max_len, p.block_size))
+                    for s in (p.k_scales, p.v_scales)) + (np.int32(kv.scale_kind),)
+            self._decode = mod.get_function(f"contiguous_decode_{suffix}")
             self._args: tuple[Any, ...] = (self._out, tmp, es, ml, q, kc, vc, lens, np.int32(p.num_kv_heads),
                                            np.int32(p.max_len), *scalars)
         else:
-            self._decode = mod.get_function(f"paged_decode_{st.suffix}")
+            if kv is not None:
+                scalars += (backend.asarray(p.k_scales), backend.asarray(p.v_scales), np.int32(kv.scale_kind))
+            self._decode = mod.get_function(f"paged_decode_{suffix}")
             self._args = (self._out, tmp, es, ml, q, backend.asarray(p.k_pool), backend.asarray(p.v_pool),
                           backend.asarray(p.block_tables), lens, np.int32(p.num_kv_heads),
                           np.int32(p.block_tables.shape[1]), *scalars)

@@ -128,6 +128,8 @@ class CupyBackend:
         return self._modules[key]
 
     def asarray(self, a: np.ndarray) -> Any:
+        if not isinstance(a, np.ndarray):  # already a device array (e.g. a pool run_paged_decode filled)
+            return a
         return self._cupy.asarray(np.ascontiguousarray(a))
 
     def to_numpy(self, a: Any) -> np.ndarray:

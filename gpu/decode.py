@@ -1,7 +1,7 @@
 """run_paged_decode: decode attention for callers who do not want to know the KV layout. It takes
 per-sequence K/V as NumPy arrays, builds a pool with a scattered block table, writes the K/V through
-the write-into-cache kernel, runs the decode kernel (partitioned or not, by choose_variant) and
-returns float32 output, with scale 1/sqrt(head_dim).
+the write-into-cache kernel (quantising for fp8 / int8 storage), runs the decode kernel (partitioned
+or not, by choose_variant) and returns float32 output, with scale 1/sqrt(head_dim).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from gpu.cache_ops import write_into_cache
 from gpu.dtypes import storage_type
 from gpu.errors import KernelInputError
 from gpu.layout import blocks_needed, check_geometry, scattered_block_tables, slot_mapping
+from gpu.quant import POISON_CODE, parse_kv_dtype, row_scales
 
 
 def _check_inputs(q: np.ndarray, keys: Sequence[np.ndarray], values: Sequence[np.ndarray]) -> tuple[int, int]:
@@ -52,15 +53,25 @@ def _check_inputs(q: np.ndarray, keys: Sequence[np.ndarray], values: Sequence[np
 
 def run_paged_decode(q: np.ndarray, keys: Sequence[np.ndarray], values: Sequence[np.ndarray], *, block_size: int,
                      dtype: str, backend: str | Backend = "auto", seed: int = 0, window: int = 0,
-                     partition_size: int = DEFAULT_PARTITION_SIZE) -> np.ndarray:
+                     partition_size: int = DEFAULT_PARTITION_SIZE, q_dtype: str | None = None) -> np.ndarray:
     """Paged decode attention of q [num_seqs, num_heads, head_dim] over keys[i] / values[i]
     [context_len_i, num_kv_heads, head_dim] (NumPy float arrays, rounded to `dtype` storage).
 
-    block_size: tokens per KV block; dtype: "float32" / "float16" / "bfloat16" (or fp32/fp16/bf16);
-    backend: "cpu" (the shim), "cupy" (a GPU) or "auto"; seed: the block-table shuffle; window > 0:
-    attend to the last `window` tokens only. Returns float32 [num_seqs, num_heads, head_dim].
+    block_size: tokens per KV block; dtype: "float32" / "float16" / "bfloat16" (or fp32/fp16/bf16),
+    or quantised KV "fp8_e4m3" / "int8" with an optional scale granularity (":per_tensor", the
+    default, ":per_kv_head", ":per_block", ":per_head"; see gpu.quant): q and the K/V rows are then
+    rounded to q_dtype (float16 by default, or bfloat16), the scales are computed from the rows'
+    absolute maxima (per_head: by the write kernel) and the write kernel quantises. backend: "cpu"
+    (the shim), "cupy" (a GPU) or "auto"; seed: the block-table shuffle; window > 0: attend to the
+    last `window` tokens only. Returns float32 [num_seqs, num_heads, head_dim].
     """
-    st = storage_type(dtype)
+    kv = parse_kv_dtype(dtype)
+    st = kv.storage if kv else storage_type(dtype)
+    qt = storage_type(q_dtype) if q_dtype is not None else (storage_type("float16") if kv else st)
+    if kv is None and qt != st:
+        raise KernelInputError(f"q_dtype = {q_dtype!r} applies to quantised KV only (q is stored as {st.name})")
+    if kv is not None and qt.name not in ("float16", "bfloat16"):
+        raise KernelInputError(f"q_dtype = {q_dtype!r}: quantised KV takes float16 or bfloat16 queries")
     kvh, d = _check_inputs(q, keys, values)
     check_geometry(d, block_size)
     be = get_backend(backend)
@@ -70,13 +81,19 @@ def run_paged_decode(q: np.ndarray, keys: Sequence[np.ndarray], values: Sequence
     num_blocks = need + max(2, need // 8)  # spare blocks, so the table is scattered with gaps
     tables = scattered_block_tables(lens, block_size, num_blocks, rng)
     shape = (num_blocks, kvh, block_size, d)
-    poison = st.encode(np.array([np.nan], np.float32))[0]  # slots nobody writes read as NaN
+    # slots nobody writes read as NaN (fp8: the NaN code; int8: the never-written -128, NaN scales)
+    poison = POISON_CODE[st.name] if kv else st.encode(np.array([np.nan], np.float32))[0]
     k_pool, v_pool = be.full(shape, poison, st.carrier), be.full(shape, poison, st.carrier)
+    slots = slot_mapping(tables, lens, block_size)
+    k_rows = qt.encode(np.concatenate([np.asarray(k) for k in keys]) if need else np.zeros((0, kvh, d)))
+    v_rows = qt.encode(np.concatenate([np.asarray(v) for v in values]) if need else np.zeros((0, kvh, d)))
+    k_scales = v_scales = None
+    if kv is not None:
+        k_scales, v_scales = (be.asarray(row_scales(kv, qt.decode(r), slots, num_blocks, block_size))
+                              for r in (k_rows, v_rows))
     if need:
-        k_rows = st.encode(np.concatenate([np.asarray(k) for k in keys]))
-        v_rows = st.encode(np.concatenate([np.asarray(v) for v in values]))
-        write_into_cache(be, k_pool, v_pool, be.asarray(k_rows), be.asarray(v_rows),
-                         slot_mapping(tables, lens, block_size), dtype=st)
-    problem = DecodeProblem(st.encode(q), k_pool, v_pool, tables, lens, q.shape[1], kvh, d, block_size, st.name,
-                            1.0 / math.sqrt(d), window, partition_size)
+        write_into_cache(be, k_pool, v_pool, be.asarray(k_rows), be.asarray(v_rows), slots,
+                         dtype=kv.name if kv else st, input_dtype=qt.name, k_scales=k_scales, v_scales=v_scales)
+    problem = DecodeProblem(qt.encode(q), k_pool, v_pool, tables, lens, q.shape[1], kvh, d, block_size, qt.name,
+                            1.0 / math.sqrt(d), window, partition_size, 0, kv.name if kv else "", k_scales, v_scales)
     return run(problem, choose_variant(lens, q.shape[1], partition_size=partition_size), be)

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from gpu.dtypes import StorageType, storage_type
 from gpu.errors import KernelInputError
+from gpu.quant import POISON_CODE, KVQuant, check_scales, parse_kv_dtype
 
 SUPPORTED_HEAD_DIMS = (64, 128, 256)
 SUPPORTED_BLOCK_SIZES = (8, 16, 32)
@@ -34,13 +36,18 @@ def check_geometry(head_dim: int, block_size: int) -> None:
 
 @dataclass(slots=True)
 class KVPool:
-    """Host-side K and V pools, each [num_blocks, num_kv_heads, block_size, head_dim] in the carrier
-    dtype of `dtype`. Invariants: k and v have the same shape, both C-contiguous and of the carrier
-    dtype; head_dim and block_size are supported by the kernels."""
+    """K and V pools, each [num_blocks, num_kv_heads, block_size, head_dim] in the carrier dtype of
+    `dtype` (NumPy arrays, or a backend's device arrays). Quantised pools (`quant` set, dtype =
+    quant.storage) carry float32 k_scales / v_scales of quant.scale_shape(...). Invariants: k and v
+    have the same shape, both C-contiguous and of the carrier dtype; head_dim and block_size are
+    supported by the kernels; scales present exactly when quantised, of the right shape."""
 
-    k: np.ndarray
-    v: np.ndarray
+    k: Any
+    v: Any
     dtype: StorageType
+    quant: KVQuant | None = None
+    k_scales: Any = None
+    v_scales: Any = None
 
     @property
     def num_blocks(self) -> int:
@@ -69,16 +76,32 @@ class KVPool:
             if not a.flags.c_contiguous:
                 raise KernelInputError(f"{name} must be C-contiguous")
         check_geometry(self.head_dim, self.block_size)
+        if self.quant is None:
+            if self.k_scales is not None or self.v_scales is not None:
+                raise KernelInputError(f"a {self.dtype.name} pool has no scales (k_scales / v_scales must be None)")
+        else:
+            if self.quant.storage != self.dtype:
+                raise KernelInputError(f"pool dtype {self.dtype.name} != its quantised format {self.quant.name}")
+            check_scales(self.quant, self.k_scales, self.v_scales, self.num_blocks, self.num_kv_heads,
+                         self.block_size)
 
 
 def allocate_pool(num_blocks: int, num_kv_heads: int, block_size: int, head_dim: int,
                   dtype: str | StorageType, *, fill: float = float("nan")) -> KVPool:
-    """A pool filled with `fill` (NaN by default, so reading a slot nobody wrote poisons the result)."""
-    st = storage_type(dtype)
+    """A host pool filled with `fill` (NaN by default, so reading a slot nobody wrote poisons the
+    result). A quantised dtype ("int8:per_block", see gpu.quant) gives a pool of poison codes (fp8
+    NaN, int8 -128) whatever `fill`, with NaN scales, to be written by reshape_and_cache."""
+    kv = parse_kv_dtype(dtype) if isinstance(dtype, str) else None
+    st = kv.storage if kv else storage_type(dtype)
     if num_blocks < 1 or num_kv_heads < 1:
         raise KernelInputError(f"num_blocks ({num_blocks}) and num_kv_heads ({num_kv_heads}) must be >= 1")
     check_geometry(head_dim, block_size)
     shape = (num_blocks, num_kv_heads, block_size, head_dim)
+    if kv is not None:
+        code = POISON_CODE[st.name]
+        scales = kv.scale_shape(num_blocks, num_kv_heads, block_size)
+        return KVPool(np.full(shape, code, st.carrier), np.full(shape, code, st.carrier), st, kv,
+                      np.full(scales, np.nan, np.float32), np.full(scales, np.nan, np.float32))
     value = st.encode(np.array([fill], np.float32))[0]
     return KVPool(np.full(shape, value, st.carrier), np.full(shape, value, st.carrier), st)
 

@@ -10,6 +10,7 @@ import pytest
 
 from gpu.attention import DecodeProblem
 from gpu.backend import Backend, CpuBackend, get_backend
+from gpu.quant import dequantize_pool
 from gpu.reference import paged_decode_attention
 
 # `pytest -m gpu` runs the cupy half of every parametrized test on a real GPU.
@@ -19,6 +20,17 @@ BACKENDS = ["cpu", pytest.param("cupy", marks=pytest.mark.gpu)]
 # float32: fp32 accumulation and the GPU's __expf (~2 ulp); float16 / bfloat16 add the rounding
 # of the output itself (2^-11 and 2^-8 relative) plus fp32 accumulation error.
 TOLERANCE = {"float32": (2e-5, 2e-5), "float16": (1e-3, 2e-3), "bfloat16": (8e-3, 1.6e-2)}
+
+# Quantised KV (fp8 e4m3 / int8, N(0, 1) data, head_dim >= 64): (atol, rtol) of kernel output vs the
+# float64 reference on the UNquantised values. Against the reference on the dequantised values the
+# output dtype's TOLERANCE above applies (the kernel dequantises exactly; only fp32 accumulation and
+# the output rounding remain).
+#  fp8 e4m3: a value keeps 3 mantissa bits (relative error <= 2^-4), so a one-token context, whose
+#    output is its V row, is off by up to 2^-4 of it: rtol 2^-4; K errors move the softmax weights
+#    (measured <= 0.105 over 4 seeds and all granularities): atol 0.2.
+#  int8: the error is absolute, <= scale / 2 = absmax / 254 per value (~0.02 per tensor); moved weights
+#    in short contexts add to it (measured <= 0.057): atol 0.12.
+QUANT_TOLERANCE = {"fp8_e4m3": (0.2, 2.0**-4), "int8": (0.12, 0.0)}
 
 _CPU: dict[tuple[Any, ...], CpuBackend] = {}
 
@@ -34,10 +46,13 @@ def backend_for(name: str, **cpu_options: Any) -> Backend:
 
 
 def reference_for(p: DecodeProblem) -> np.ndarray:
-    """float64 reference of a problem, computed from the rounded values the kernel sees."""
-    st = p.storage
-    return paged_decode_attention(st.decode(p.q), st.decode(p.k_pool), st.decode(p.v_pool), p.block_tables,
-                                  p.context_lens, p.scale, window=p.window)
+    """float64 reference of a problem, computed from the rounded (or dequantised) values the kernel sees."""
+    st, kv = p.storage, p.kv_quant
+    if kv is not None:
+        k, v = dequantize_pool(kv, p.k_pool, p.k_scales), dequantize_pool(kv, p.v_pool, p.v_scales)
+    else:
+        k, v = st.decode(p.k_pool), st.decode(p.v_pool)
+    return paged_decode_attention(st.decode(p.q), k, v, p.block_tables, p.context_lens, p.scale, window=p.window)
 
 
 def assert_close(out: np.ndarray, ref: np.ndarray, dtype: str) -> None:

@@ -1,10 +1,13 @@
 // common.cuh -- storage types, 16-byte vector loads and warp reductions shared by pagesim's kernels.
+// Quantised KV storage (fp8 e4m3, int8): 1-byte codes whose value is code * scale; loads widen the
+// codes to float in registers, the caller applies the fp32 scale (see KVQuant and quantize_code).
 //
 // The same text compiles with NVRTC (CuPy RawModule), nvcc, and g++ through the CPU shim, so it uses
 // only what all three provide: no <cmath> names (NVRTC has no INFINITY), no host headers.
 #pragma once
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
+#include <cuda_fp8.h>
 
 #define PAGESIM_FULL_MASK 0xffffffffu
 // -inf from its bit pattern: NVRTC has no math.h, so INFINITY is undefined there
@@ -28,8 +31,32 @@ template <typename T> struct Vec16 {
   static constexpr int kElems = 16 / static_cast<int>(sizeof(T));
 };
 
-// Load 16 bytes (16-byte aligned) and widen to float. Hook for quantised KV storage (fp8 / int8,
-// issue #8): add an overload for the storage type; the caller multiplies by the per-tensor scale.
+// Quantised KV storage types: __nv_fp8_e4m3 (E4M3, |code| <= 448) and signed char (int8, [-127, 127];
+// -128 is never written). A float storage type is its own "code" with no scale.
+template <typename C> struct KVQuant {
+  static constexpr bool kQuantized = false;
+};
+template <> struct KVQuant<__nv_fp8_e4m3> {
+  static constexpr bool kQuantized = true;
+  static constexpr float kMax = 448.f;
+};
+template <> struct KVQuant<signed char> {
+  static constexpr bool kQuantized = true;
+  static constexpr float kMax = 127.f;
+};
+
+// y = x / scale -> code. fp8: round to nearest even, saturate to +-448 (__NV_SATFINITE); int8: clamp
+// to [-127, 127] (NaN -> -127, as fmaxf drops NaN), then round to nearest even.
+template <typename C> __device__ __forceinline__ unsigned char quantize_code(float y);
+template <> __device__ __forceinline__ unsigned char quantize_code<__nv_fp8_e4m3>(float y) {
+  return __nv_cvt_float_to_fp8(y, __NV_SATFINITE, __NV_E4M3);
+}
+template <> __device__ __forceinline__ unsigned char quantize_code<signed char>(float y) {
+  return static_cast<unsigned char>(__float2int_rn(fminf(fmaxf(y, -127.f), 127.f)));
+}
+
+// Load 16 bytes (16-byte aligned) and widen to float. For quantised storage the values are the raw
+// codes: the caller multiplies by the scale.
 __device__ __forceinline__ void load_vec16(const float* p, float (&o)[4]) {
   const float4 v = *reinterpret_cast<const float4*>(p);
   o[0] = v.x;
@@ -55,6 +82,31 @@ __device__ __forceinline__ void load_vec16(const __nv_bfloat16* p, float (&o)[8]
     const float2 f = __bfloat1622float2(h[i]);
     o[2 * i] = f.x;
     o[2 * i + 1] = f.y;
+  }
+}
+
+__device__ __forceinline__ void load_vec16(const __nv_fp8_e4m3* p, float (&o)[16]) {
+  const uint4 v = *reinterpret_cast<const uint4*>(p);
+  const unsigned* w = reinterpret_cast<const unsigned*>(&v);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {  // one pair -> __half2 (a single cvt.rn.f16x2.e4m3x2 on sm_89+) -> float2
+    const __half2_raw r = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(w[i / 2] >> (16 * (i % 2))),
+                                                     __NV_E4M3);
+    const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&r));
+    o[2 * i] = f.x;
+    o[2 * i + 1] = f.y;
+  }
+}
+__device__ __forceinline__ void load_vec16(const signed char* p, float (&o)[16]) {
+  const uint4 v = *reinterpret_cast<const uint4*>(p);
+  const unsigned* w = reinterpret_cast<const unsigned*>(&v);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    // No int -> float conversion instruction: byte b ^ 0x80 = b + 128 placed in the low mantissa
+    // bits of 2^23 (0x4B000000) is the float 2^23 + b + 128 exactly; one PRMT and one FADD each.
+    const unsigned u = w[i] ^ 0x80808080u;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) o[4 * i + j] = __uint_as_float(__byte_perm(u, 0x4b000000u, 0x7440u | j)) - 8388736.f;
   }
 }
 

@@ -16,6 +16,10 @@
 // q and out are [num_seqs, num_heads, HEAD_DIM]; block_tables [num_seqs, max_blocks_per_seq] int32;
 // context_lens [num_seqs] int32. Storage fp32 / fp16 / bf16 (kernel suffix f32 / f16 / bf16),
 // accumulation in fp32. Query heads map to kv heads as head / (num_heads / num_kv_heads) (GQA).
+// Quantised KV (built with -DKV_QUANT=1, suffix <q>_<kv>: f16_fp8, f16_int8, bf16_fp8, bf16_int8):
+// q and out in fp16 / bf16, K/V as 1-byte fp8 e4m3 or int8 codes with fp32 scales (KVScales below);
+// codes are widened to float in registers, a token's K scale multiplies its logit and its V scale
+// its probability, so the inner loops are those of the float kernels.
 //
 // Work split: grid (num_heads, num_seqs, num_partitions), NUM_THREADS threads. Warps take KV blocks
 // round-robin; per block a warp (1) computes BLOCK_SIZE logits, TPT lanes per token each dotting
@@ -25,11 +29,13 @@
 // Partitioned: each block covers partition_size tokens (a multiple of BLOCK_SIZE) and writes its
 // normalised partial output, exp-sum and max logit; decode_reduce_* merges the partitions.
 // Sliding window (window > 0): only the last `window` tokens are read; blocks before them are
-// skipped entirely. k_scale / v_scale multiply K and V (1.0 for float storage; a hook for fp8/int8).
+// skipped entirely. k_scale / v_scale multiply K and V (1.0 for float storage) on top of any scale
+// arrays of quantised storage.
 //
 // Compile-time configuration (-D): HEAD_DIM (64/128/256), BLOCK_SIZE (8..128, power of two),
 // NUM_THREADS (multiple of 32), MAX_PARTITIONS (reduce kernel's shared-memory weight array),
-// MIN_BLOCKS_PER_SM (register budget, see below).
+// MIN_BLOCKS_PER_SM (register budget, see below), KV_QUANT (1: the quantised kernels instead of
+// the float ones, so that a float user does not compile them).
 #include "common.cuh"
 
 #ifndef HEAD_DIM
@@ -58,25 +64,46 @@ static_assert(BLOCK_SIZE >= 8 && BLOCK_SIZE <= 128 && (BLOCK_SIZE & (BLOCK_SIZE 
 
 namespace pagesim {
 
-// Tile addressing: element offset of token 0 of KV block `b` (logical) for one (sequence, kv head).
+// Tile addressing for logical KV block `b` of a sequence: block_id() is the block whose scales apply
+// (paged: the physical block; contiguous: seq * blocks_per_seq + b, an index into scales gathered per
+// sequence), tile() the element offset of its token 0 for one kv head.
 struct PagedTiles {
   const int* __restrict__ block_tables;
   int max_blocks_per_seq;
-  __device__ __forceinline__ long long operator()(int seq, int kv_head, int num_kv_heads, int b) const {
-    const long long phys = block_tables[static_cast<long long>(seq) * max_blocks_per_seq + b];
-    return (phys * num_kv_heads + kv_head) * static_cast<long long>(BLOCK_SIZE * HEAD_DIM);
+  __device__ __forceinline__ long long block_id(int seq, int b) const {
+    return block_tables[static_cast<long long>(seq) * max_blocks_per_seq + b];
+  }
+  __device__ __forceinline__ long long tile(long long id, int, int kv_head, int num_kv_heads, int) const {
+    return (id * num_kv_heads + kv_head) * static_cast<long long>(BLOCK_SIZE * HEAD_DIM);
   }
 };
 struct ContiguousTiles {
   int max_len;
-  __device__ __forceinline__ long long operator()(int seq, int kv_head, int num_kv_heads, int b) const {
+  __device__ __forceinline__ long long block_id(int seq, int b) const {
+    return static_cast<long long>(seq) * ((max_len + BLOCK_SIZE - 1) / BLOCK_SIZE) + b;
+  }
+  __device__ __forceinline__ long long tile(long long, int seq, int kv_head, int num_kv_heads, int b) const {
     return ((static_cast<long long>(seq) * num_kv_heads + kv_head) * max_len + static_cast<long long>(b) * BLOCK_SIZE) *
            HEAD_DIM;
   }
 };
 
-template <typename T> struct DecodeGeometry {
-  static constexpr int kVec = Vec16<T>::kElems;          // elements per 16-byte load
+// fp32 scales of quantised K and V. The scale of token t (offset in its block) of block `id`, kv head
+// h, is k[id * sb + h * sh + t * st], with (sb, sh, st) given by `kind`:
+//   0 per_tensor  [1]                                      (0, 0, 0)
+//   1 per_kv_head [num_kv_heads]                           (0, 1, 0)
+//   2 per_block   [num_blocks, num_kv_heads]               (num_kv_heads, 1, 0)
+//   3 per_head    [num_blocks, num_kv_heads, BLOCK_SIZE]   (num_kv_heads * BLOCK_SIZE, BLOCK_SIZE, 1)
+// per_head is one scale per token and kv head (what sim/presets.py charges 4 bytes per head per
+// token for). Blocks are physical blocks (paged) or block_id()s of the gathered contiguous cache.
+struct KVScales {
+  const float* __restrict__ k;
+  const float* __restrict__ v;
+  int kind;
+};
+
+template <typename C> struct DecodeGeometry {
+  static constexpr int kVec = Vec16<C>::kElems;          // elements per 16-byte load
   static constexpr int kRowVecs = HEAD_DIM / kVec;       // 16-byte vectors per token row
   // K phase: TPT lanes share a token (each dots kKVecs vectors, strided by TPT so that the TPT
   // lanes read adjacent 16-byte chunks); 32 / TPT tokens per pass, kPasses passes per block.
@@ -92,16 +119,18 @@ template <typename T> struct DecodeGeometry {
   static_assert(kRowVecs % kVLanes == 0 && 32 % kVLanes == 0, "HEAD_DIM must be 64, 128 or 256");
 };
 
-template <typename T, typename Tiles>
+// T: q / out type; C: KV storage type (T itself, or a quantised code type with `scales`).
+template <typename T, typename C, typename Tiles>
 __device__ __forceinline__ void decode_attention(T* __restrict__ out, float* __restrict__ tmp_out,
                                                  float* __restrict__ exp_sums, float* __restrict__ max_logits,
-                                                 const T* __restrict__ q, const T* __restrict__ k_cache,
-                                                 const T* __restrict__ v_cache, const Tiles tiles,
+                                                 const T* __restrict__ q, const C* __restrict__ k_cache,
+                                                 const C* __restrict__ v_cache, const Tiles tiles,
                                                  const int* __restrict__ context_lens, int num_kv_heads,
                                                  int partition_size, int window, float scale, float k_scale,
-                                                 float v_scale) {
-  using G = DecodeGeometry<T>;
+                                                 float v_scale, const KVScales scales) {
+  using G = DecodeGeometry<C>;
   constexpr int VEC = G::kVec;
+  constexpr bool kQuant = KVQuant<C>::kQuantized;
   const int head = blockIdx.x, seq = blockIdx.y, part = blockIdx.z;
   const int num_heads = gridDim.x, num_parts = gridDim.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -125,6 +154,14 @@ __device__ __forceinline__ void decode_attention(T* __restrict__ out, float* __r
   for (int d = threadIdx.x; d < HEAD_DIM; d += NUM_THREADS) q_s[d] = to_float(q[seq_head * HEAD_DIM + d]) * q_scale;
   __syncthreads();
 
+  long long s_block = 0;  // scale strides (see KVScales)
+  int s_head = 0, s_tok = 0;
+  if constexpr (kQuant) {
+    s_block = scales.kind == 2 ? num_kv_heads : scales.kind == 3 ? static_cast<long long>(num_kv_heads) * BLOCK_SIZE : 0;
+    s_head = scales.kind == 0 ? 0 : scales.kind == 3 ? BLOCK_SIZE : 1;
+    s_tok = scales.kind == 3 ? 1 : 0;
+  }
+
   const int k_tok = lane / G::kTpt, k_sub = lane % G::kTpt;
   const int v_grp = lane / G::kVLanes, v_sub = lane % G::kVLanes;
   float m = PAGESIM_NEG_INF, l = 0.f;  // running max and (per-lane partial) sum of exp(logit - m)
@@ -135,9 +172,11 @@ __device__ __forceinline__ void decode_attention(T* __restrict__ out, float* __r
   const int b_begin = t_begin / BLOCK_SIZE, b_end = (t_end + BLOCK_SIZE - 1) / BLOCK_SIZE;
   int iter = 0;
   for (int b = b_begin + warp; b < b_end; b += NUM_WARPS, ++iter) {  // warp-uniform loop
-    const long long tile = tiles(seq, kv_head, num_kv_heads, b);
-    const T* k_tile = k_cache + tile;
-    const T* v_tile = v_cache + tile;
+    const long long id = tiles.block_id(seq, b);
+    const long long tile = tiles.tile(id, seq, kv_head, num_kv_heads, b);
+    const C* k_tile = k_cache + tile;
+    const C* v_tile = v_cache + tile;
+    const long long s_base = id * s_block + kv_head * s_head;  // this block's scales (quantised only)
     const int tok_lo = max(t_begin - b * BLOCK_SIZE, 0);  // valid tokens of this block: [tok_lo, tok_hi)
     const int tok_hi = min(t_end - b * BLOCK_SIZE, BLOCK_SIZE);
 
@@ -150,7 +189,7 @@ __device__ __forceinline__ void decode_attention(T* __restrict__ out, float* __r
       const bool valid = tok >= tok_lo && tok < tok_hi;
       float dot = 0.f;
       if (valid) {
-        const T* row = k_tile + tok * HEAD_DIM;
+        const C* row = k_tile + tok * HEAD_DIM;
 #pragma unroll
         for (int i = 0; i < G::kKVecs; ++i) {
           const int d0 = (i * G::kTpt + k_sub) * VEC;
@@ -161,6 +200,9 @@ __device__ __forceinline__ void decode_attention(T* __restrict__ out, float* __r
         }
       }
       dot = xor_reduce_sum<1, G::kTpt>(dot);  // outside the branch: every lane takes part
+      if constexpr (kQuant) {
+        if (valid) dot *= scales.k[s_base + tok * s_tok];
+      }
       logit[pass] = valid ? dot : PAGESIM_NEG_INF;
       block_max = fmaxf(block_max, logit[pass]);
     }
@@ -177,7 +219,12 @@ __device__ __forceinline__ void decode_attention(T* __restrict__ out, float* __r
     for (int pass = 0; pass < G::kPasses; ++pass) {
       const float pt = __expf(logit[pass] - m_new);  // 0 for masked tokens
       if (k_sub == 0) {
-        p[pass * G::kTokPerPass + k_tok] = pt;
+        const int tok = pass * G::kTokPerPass + k_tok;
+        float pv = pt;
+        if constexpr (kQuant) {  // V's scale rides on the probability; masked tokens load nothing
+          pv = tok >= tok_lo && tok < tok_hi ? pt * scales.v[s_base + tok * s_tok] : 0.f;
+        }
+        p[tok] = pv;
         l += pt;
       }
     }
@@ -189,7 +236,7 @@ __device__ __forceinline__ void decode_attention(T* __restrict__ out, float* __r
     // (3) acc += p * V over the valid tokens, kVGroups rows at a time
     for (int tok = tok_lo + v_grp; tok < tok_hi; tok += G::kVGroups) {
       const float pt = p[tok];
-      const T* row = v_tile + tok * HEAD_DIM;
+      const C* row = v_tile + tok * HEAD_DIM;
 #pragma unroll
       for (int i = 0; i < G::kVVecs; ++i) {
         float vv[VEC];
@@ -293,26 +340,26 @@ __device__ __forceinline__ void reduce_partitions(T* __restrict__ out, const flo
 }  // namespace pagesim
 
 // extern "C" entry points per storage type (no name mangling: CuPy and the CPU shim find them by name)
-#define PAGESIM_DEFINE_DECODE_KERNELS(T, SUF)                                                                         \
+#define PAGESIM_DECODE_PARAMS(T, C)                                                                                   \
+  T *__restrict__ out, float *__restrict__ tmp_out, float *__restrict__ exp_sums, float *__restrict__ max_logits,     \
+      const T *__restrict__ q, const C *__restrict__ k_cache, const C *__restrict__ v_cache
+#define PAGESIM_DEFINE_DECODE_KERNELS(T, C, SUF, SCALE_PARAMS, SCALES)                                                \
   extern "C" __global__ void __launch_bounds__(NUM_THREADS, MIN_BLOCKS_PER_SM) paged_decode_##SUF(                    \
-      T* __restrict__ out, float* __restrict__ tmp_out, float* __restrict__ exp_sums,                                 \
-      float* __restrict__ max_logits, const T* __restrict__ q, const T* __restrict__ k_cache,                         \
-      const T* __restrict__ v_cache, const int* __restrict__ block_tables, const int* __restrict__ context_lens,      \
+      PAGESIM_DECODE_PARAMS(T, C), const int* __restrict__ block_tables, const int* __restrict__ context_lens,        \
       int num_kv_heads, int max_blocks_per_seq, int partition_size, int window, float scale, float k_scale,           \
-      float v_scale) {                                                                                                \
-    pagesim::decode_attention<T>(out, tmp_out, exp_sums, max_logits, q, k_cache, v_cache,                             \
-                                 pagesim::PagedTiles{block_tables, max_blocks_per_seq}, context_lens, num_kv_heads,   \
-                                 partition_size, window, scale, k_scale, v_scale);                                    \
+      float v_scale SCALE_PARAMS) {                                                                                   \
+    pagesim::decode_attention<T, C>(out, tmp_out, exp_sums, max_logits, q, k_cache, v_cache,                          \
+                                    pagesim::PagedTiles{block_tables, max_blocks_per_seq}, context_lens,              \
+                                    num_kv_heads, partition_size, window, scale, k_scale, v_scale, SCALES);           \
   }                                                                                                                   \
   extern "C" __global__ void __launch_bounds__(NUM_THREADS, MIN_BLOCKS_PER_SM) contiguous_decode_##SUF(               \
-      T* __restrict__ out, float* __restrict__ tmp_out, float* __restrict__ exp_sums,                                 \
-      float* __restrict__ max_logits, const T* __restrict__ q, const T* __restrict__ k_cache,                         \
-      const T* __restrict__ v_cache, const int* __restrict__ context_lens, int num_kv_heads, int max_len,             \
-      int partition_size, int window, float scale, float k_scale, float v_scale) {                                    \
-    pagesim::decode_attention<T>(out, tmp_out, exp_sums, max_logits, q, k_cache, v_cache,                             \
-                                 pagesim::ContiguousTiles{max_len}, context_lens, num_kv_heads, partition_size,       \
-                                 window, scale, k_scale, v_scale);                                                    \
-  }                                                                                                                   \
+      PAGESIM_DECODE_PARAMS(T, C), const int* __restrict__ context_lens, int num_kv_heads, int max_len,               \
+      int partition_size, int window, float scale, float k_scale, float v_scale SCALE_PARAMS) {                       \
+    pagesim::decode_attention<T, C>(out, tmp_out, exp_sums, max_logits, q, k_cache, v_cache,                          \
+                                    pagesim::ContiguousTiles{max_len}, context_lens, num_kv_heads, partition_size,    \
+                                    window, scale, k_scale, v_scale, SCALES);                                         \
+  }
+#define PAGESIM_DEFINE_REDUCE_KERNEL(T, SUF)                                                                          \
   extern "C" __global__ void __launch_bounds__(NUM_THREADS, MIN_BLOCKS_PER_SM) decode_reduce_##SUF(                   \
       T* __restrict__ out, const float* __restrict__ tmp_out, const float* __restrict__ exp_sums,                     \
       const float* __restrict__ max_logits, const int* __restrict__ context_lens, int max_parts,                      \
@@ -320,7 +367,20 @@ __device__ __forceinline__ void reduce_partitions(T* __restrict__ out, const flo
     pagesim::reduce_partitions<T>(out, tmp_out, exp_sums, max_logits, context_lens, max_parts, partition_size,        \
                                   window);                                                                            \
   }
+#define PAGESIM_NO_SCALES pagesim::KVScales{nullptr, nullptr, 0}
+#define PAGESIM_SCALE_PARAMS , const float *__restrict__ k_scales, const float *__restrict__ v_scales, int scale_kind
+#define PAGESIM_SCALES pagesim::KVScales{k_scales, v_scales, scale_kind}
 
-PAGESIM_DEFINE_DECODE_KERNELS(float, f32)
-PAGESIM_DEFINE_DECODE_KERNELS(__half, f16)
-PAGESIM_DEFINE_DECODE_KERNELS(__nv_bfloat16, bf16)
+#if defined(KV_QUANT) && KV_QUANT
+PAGESIM_DEFINE_DECODE_KERNELS(__half, __nv_fp8_e4m3, f16_fp8, PAGESIM_SCALE_PARAMS, PAGESIM_SCALES)
+PAGESIM_DEFINE_DECODE_KERNELS(__half, signed char, f16_int8, PAGESIM_SCALE_PARAMS, PAGESIM_SCALES)
+PAGESIM_DEFINE_DECODE_KERNELS(__nv_bfloat16, __nv_fp8_e4m3, bf16_fp8, PAGESIM_SCALE_PARAMS, PAGESIM_SCALES)
+PAGESIM_DEFINE_DECODE_KERNELS(__nv_bfloat16, signed char, bf16_int8, PAGESIM_SCALE_PARAMS, PAGESIM_SCALES)
+#else
+PAGESIM_DEFINE_DECODE_KERNELS(float, float, f32, , PAGESIM_NO_SCALES)
+PAGESIM_DEFINE_DECODE_KERNELS(__half, __half, f16, , PAGESIM_NO_SCALES)
+PAGESIM_DEFINE_DECODE_KERNELS(__nv_bfloat16, __nv_bfloat16, bf16, , PAGESIM_NO_SCALES)
+PAGESIM_DEFINE_REDUCE_KERNEL(float, f32)
+#endif
+PAGESIM_DEFINE_REDUCE_KERNEL(__half, f16)
+PAGESIM_DEFINE_REDUCE_KERNEL(__nv_bfloat16, bf16)

@@ -100,6 +100,8 @@ struct __align__(2) __nv_bfloat16 {
   operator float() const { return std::bit_cast<float>(static_cast<uint32_t>(__x) << 16); }
 };
 struct __align__(4) __half2 { __half x, y; };
+struct __half_raw { unsigned short x; };  // bit patterns, as cuda_fp16.h declares them
+struct __half2_raw { unsigned short x, y; };
 struct __align__(4) __nv_bfloat162 { __nv_bfloat16 x, y; };
 typedef __half half;
 typedef __half2 half2;
@@ -139,6 +141,19 @@ inline unsigned __float_as_uint(float f) { return std::bit_cast<unsigned>(f); }
 template <class A, class B> inline auto min(A a, B b) -> std::common_type_t<A, B> { return b < a ? b : a; }
 template <class A, class B> inline auto max(A a, B b) -> std::common_type_t<A, B> { return a < b ? b : a; }
 template <class T> inline T __ldg(const T* p) { return *p; }
+// Ties to even; out-of-range values clamp and NaN gives 0, as PTX cvt.rni.s32.f32 does.
+inline int __float2int_rn(float x) {
+  if (std::isnan(x)) return 0;
+  const float r = std::nearbyint(x);
+  return r >= 2147483648.f ? INT_MAX : r < -2147483648.f ? INT_MIN : static_cast<int>(r);
+}
+// Byte i of the result is byte s[4i..4i+3] of the 8-byte value (y:x) (CUDA's default mode).
+inline unsigned __byte_perm(unsigned x, unsigned y, unsigned s) {
+  const uint64_t v = (static_cast<uint64_t>(y) << 32) | x;
+  unsigned r = 0;
+  for (int i = 0; i < 4; ++i) r |= static_cast<unsigned>((v >> (8 * ((s >> (4 * i)) & 7u))) & 0xffu) << (8 * i);
+  return r;
+}
 inline int __popc(unsigned x) { return std::popcount(x); }
 inline int __popcll(unsigned long long x) { return std::popcount(x); }
 inline int __ffs(int x) { return x ? std::countr_zero(static_cast<unsigned>(x)) + 1 : 0; }
