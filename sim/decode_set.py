@@ -107,38 +107,43 @@ class DecodeSet:
         self.sum_capf -= c
 
     # ---- a step -------------------------------------------------------------------------------
-    def crossing(self) -> list[int]:
-        """Members whose next append (in the next scheduled step) needs a new block."""
+    def crossing_count(self) -> int:
+        """Members whose append in the next scheduled step needs a new block (stale events dropped)."""
         lst = self._cross.get(self.sched + 1)
         if not lst:
-            return []
-        live = [(s, e) for s, e in lst if self.members.get(s) == e]
-        self._cross[self.sched + 1] = live
-        return [s for s, _ in live]
+            return 0
+        members = self.members
+        live = [x for x in lst if members.get(x[0]) == x[1]]
+        if len(live) != len(lst):
+            self._cross[self.sched + 1] = live
+        return len(live)
 
     def advance(self, append: Callable[[int, int], None]) -> np.ndarray:
         """Schedule one step: every member appends a token; crossing members get a block through
         `append(slot, tokens to report)`. Returns the members' context lengths after the append."""
-        self.sched += 1
-        lst = self._cross.pop(self.sched, None)
+        self.sched = d = self.sched + 1
+        lst = self._cross.pop(d, None)
         if lst:
             t, b, members = self.t, self.b, self.members
+            ctx, synced, nblk, final = t.ctx, t.synced, t.nblk, t.final
+            off = d - self.ctx_mark
+            nxt = self._cross.setdefault(d + b, [])
             for s, e in lst:
                 if members.get(s) != e:
                     continue
-                true_ctx = int(t.ctx[s]) + self.sched - self.ctx_mark
-                append(s, true_ctx - int(t.synced[s]))
-                t.synced[s] = true_ctx
-                nb = int(t.nblk[s])
-                fin = int(t.final[s])
-                t.nblk[s] = nb + 1
+                true_ctx = ctx.item(s) + off
+                append(s, true_ctx - synced.item(s))
+                synced[s] = true_ctx
+                nb, fin = nblk.item(s), final.item(s)
+                nblk[s] = nb + 1
                 self.sum_alloc += b
                 self.sum_capf += min((nb + 1) * b, fin) - min(nb * b, fin)
-                self._cross.setdefault(self.sched + b, []).append((s, e))
+                nxt.append((s, e))
         if not self.members:
             return _EMPTY
-        self.slots()
-        return self._base + self.sched
+        if self._stale:
+            self.slots()
+        return self._base + d
 
     def finishing(self) -> list[int]:
         """Mark the in-flight step done; returns members whose last token it produced."""

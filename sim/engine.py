@@ -82,6 +82,8 @@ class Engine:
                                       op_sink=op_sink)
             self.capacity = res.capacity_tokens
         self.cache = cache
+        self._paged = isinstance(cache, PagedKVCache)
+        self._record = config.record_steps
         self.ops = KVOps(cache, SeqTable(), max_model_len=res.max_model_len)
         self.sched = Scheduler(self.ops, config.scheduler, token_budget=res.token_budget, swap=swap,
                                rng=self.rng)
@@ -125,9 +127,11 @@ class Engine:
 
     def _loop(self) -> Generator[simpy.Event, Any, None]:
         env, s = self.env, self.sched
+        step_time, batch, record, timeout = self.latency.step_time, self._batch, self._record_step, env.timeout
+        iv = self.config.memory_sample_interval_s
         while True:
-            if not s.has_work():
-                self._sample(env.now, None, force=True)
+            if not (s.waiting or s.running or s.swapped):
+                self._sample(env.now)
                 if self._arrivals_done:
                     return
                 self._wake = env.event()
@@ -135,22 +139,26 @@ class Engine:
                 self._wake = None
                 continue
             out = s.schedule()
+            now = env.now
             for g in out.rejected:
                 g.status = REJECTED
-                g.finish_s = env.now
-            self._track_fragmentation(out, env.now)
-            if out.empty and not out.swap_time_s:  # a step with only a swap-in still takes its transfer
+                g.finish_s = now
+            if out.blocked or self._frag_since is not None:
+                self._track_fragmentation(out, now)
+            if not (out.num_prefill_tokens or out.num_decode_tokens or out.swap_time_s):
+                # Nothing to compute (a step with only a swap-in still takes its transfer time).
                 if not (out.preempted or out.rejected or out.swapped_in):
                     raise RuntimeError(
-                        f"scheduler made no progress at t={env.now:.6g} s with {len(s.waiting)} waiting, "
+                        f"scheduler made no progress at t={now:.6g} s with {len(s.waiting)} waiting, "
                         f"{len(s.running)} running, {len(s.swapped)} swapped requests (a bug; please report)")
-                complete_step(s, out, env.now)  # closes the (empty) step's bookkeeping
+                complete_step(s, out, now)  # closes the (empty) step's bookkeeping
                 continue
             s.in_flight = True
-            self._sample(env.now, out)
-            dt = self.latency.step_time(self._batch(out)) + out.swap_time_s
-            self._record_step(out, env.now, dt)
-            yield env.timeout(dt)
+            if iv is None or now - self._last_sample >= iv:
+                self._sample(now)
+            dt = step_time(batch(out)) + out.swap_time_s
+            record(out, now, dt)
+            yield timeout(dt)
             complete_step(s, out, env.now)
             if self.check:
                 self.check_invariants()
@@ -162,18 +170,27 @@ class Engine:
             before = np.array([b for _, _, b in out.prefills], dtype=np.int64)
         else:
             chunks = before = _EMPTY
-        return BatchShape(chunks, before, out.decode_ctx, self.ops.block_size, self.config.kv_dtype,
-                          out.decode_q)
+        if self.check:
+            return BatchShape(chunks, before, out.decode_ctx, self.ops.block_size, self.config.kv_dtype,
+                              out.decode_q)
+        # Hot path: the arrays are int64 and in range by construction, so skip BatchShape's
+        # per-step validation (tests run with check_invariants=True, which validates every step).
+        b = BatchShape.__new__(BatchShape)
+        b.prefill_chunk_lens, b.prefill_context_lens, b.decode_context_lens = chunks, before, out.decode_ctx
+        b.block_size, b.kv_dtype, b.num_decode_tokens_per_seq = self.ops.block_size, self.config.kv_dtype, \
+            out.decode_q
+        return b
 
     def _record_step(self, out: SchedulerOutput, start: float, dt: float) -> None:
         tot = self.totals
-        bs = out.batch_size
+        bs = len(out.prefills) + out.decode_ctx.size
         tot.add(bs, dt, out)
-        if not self.config.record_steps:
+        if not self._record:
             return
         c = self.cache
         if isinstance(c, PagedKVCache):
-            used, free = c.num_used_blocks, c.num_free_blocks
+            free = c.num_free_blocks
+            used = c.num_blocks - free
         else:
             used, free = c.used_slots, c.free_slots
         self.steps.append(StepRecord(tot.num_steps - 1, start, dt, bs, out.num_prefill_tokens,
@@ -233,18 +250,18 @@ class Engine:
         return from_sums(sum_ctx, sum_spec, sum_alloc, sum_capf, used_slots=c.used_slots,
                          capacity=self.capacity, external_frag=ext)
 
-    def _sample(self, now: float, out: SchedulerOutput | None, *, force: bool = False) -> None:
-        iv = self.config.memory_sample_interval_s
-        if not force and iv is not None and now - self._last_sample < iv:
-            return
+    def _sample(self, now: float) -> None:
+        """Append a memory sample at `now` (replacing one taken at the same instant)."""
         self._last_sample = now
         bd = self.measure()
-        if self.memory and self.memory[-1].time_s == now:
-            self.memory.pop()
+        mem = self.memory
+        if mem and mem[-1].time_s == now:
+            mem.pop()
             if self._blocks:
                 self._blocks.pop()
-        self.memory.append(bd.sample(now))
-        if self.ops.paged:
+        mem.append(MemorySample(now, bd.token_states, bd.reserved, bd.internal_frag, bd.speculative,
+                                bd.external_frag, bd.free, bd.logical_token_states, bd.capacity))
+        if self._paged:
             self._blocks.append((now, bd.logical_blocks, bd.physical_blocks))
 
     def check_invariants(self) -> None:

@@ -80,20 +80,13 @@ def complete_step(s: Scheduler, out: SchedulerOutput, now: float) -> list[SeqGro
         _first_token(s, g, now)
         if t.gen[g.slots[0]] >= g.output_len:
             done.append(g)
-        elif g.simple:
-            dset.join(g.slots[0])
-    for slot in s.pending_joins:
-        g2 = s.slot_group.get(slot)
-        if g2 is not None and g2.status == RUNNING:
-            dset.join(slot)
-            s.mark_dirty()
-    s.pending_joins.clear()
     for g in out.decode_groups:
         if g.status == RUNNING and _advance_group(s, g, out):
             done.append(g)
     for g in done:
         if g.status == RUNNING:
             finish_group(s, g, now, FINISHED)
+    s.join_decodes()  # after the finishes: a group done at its prefill never joins
     return done
 
 
@@ -104,12 +97,11 @@ def _first_token(s: Scheduler, g: SeqGroup, now: float) -> None:
     if math.isnan(g.first_token_s):
         g.first_token_s = now
     t.gen[s0] += 1
-    g.decoding = True
-    s.mark_dirty()
     if g.num_seqs > 1 and len(g.slots) == 1:
         for _ in range(g.num_seqs - 1):
             slot, _cid = s.ops.fork(g, s0, g.seq_ids[0])
-            s.slot_group[slot] = g
+            s.adopt_slot(g, slot)
+    s.start_decoding(g)
     _update_peak(s, g)
 
 
@@ -139,9 +131,8 @@ def _advance_group(s: Scheduler, g: SeqGroup, out: SchedulerOutput) -> bool:
             if len(g.slots) == 1 or all(t.gen[x] >= t.olen[x] for x in g.slots):
                 return True
             if ops.paged:
-                s.slot_group.pop(slot, None)
+                s.drop_slot(slot)
                 ops.drop_seq(g, i)
-                s.mark_dirty()
                 continue
             t.ctx[slot] = t.final[slot] = t.gen[slot] = 0  # a dead share: internal fragmentation
         i += 1
@@ -166,13 +157,12 @@ def _select_beams(s: Scheduler, g: SeqGroup) -> None:
         return  # every beam owns its region of the extent: a fork is a copy within it
     forks = [(g.slots[i], g.seq_ids[i], int(children[i]) - 1) for i in range(k) if children[i] > 1]
     for i in sorted(np.flatnonzero(children == 0).tolist(), reverse=True):
-        s.slot_group.pop(g.slots[i], None)
+        s.drop_slot(g.slots[i])
         ops.drop_seq(g, i)
     for slot, sid, c in forks:
         for _ in range(c):
             child, _cid = ops.fork(g, slot, sid)
-            s.slot_group[child] = g
-    s.mark_dirty()
+            s.adopt_slot(g, child)
 
 
 def _update_peak(s: Scheduler, g: SeqGroup) -> None:
@@ -197,7 +187,7 @@ def finish_group(s: Scheduler, g: SeqGroup, now: float, status: str, reason: str
     else:
         raise ValueError(f"request {g.spec.req_id!r}: cannot end a group in state {g.status}")
     for slot in g.slots:
-        s.slot_group.pop(slot, None)
+        s.drop_slot(slot)
         if s.in_flight:
             s.deferred_release.append(slot)
         else:

@@ -92,9 +92,10 @@ class Scheduler:
         self.slot_group: dict[int, SeqGroup] = {}
         self.dset = DecodeSet(self.table, ops.block_size)
         self.pending_joins: list[int] = []  # swapped-in single sequences: join dset after the step
-        self._dirty = True
-        self._complex: list[SeqGroup] = []
-        self._others = _EMPTY
+        # Kept incrementally (no per-step scan of the running list): the decoding groups that are not
+        # single plain sequences, and the running slots outside the DecodeSet (for memory sampling).
+        self._complex: dict[SeqGroup, None] = {}
+        self._others: dict[int, None] = {}
         self._step_cows = 0
         self._order = 0
         self.num_swap_fallbacks = 0  # swap-mode preemptions done by recompute (host pool full)
@@ -121,29 +122,38 @@ class Scheduler:
         """True if any group waits, runs or is swapped out."""
         return bool(self.waiting or self.running or self.swapped)
 
-    def mark_dirty(self) -> None:
-        """The running set changed; rebuild the per-step indexes before they are next used."""
-        self._dirty = True
-
-    def _rebuild(self) -> None:
-        cplx: list[SeqGroup] = []
-        others: list[int] = []
-        dset = self.dset
-        for g in self.running:
-            if g.decoding and not g.simple:
-                cplx.append(g)
-            for x in g.slots:
-                if x not in dset:
-                    others.append(x)
-        self._complex = cplx
-        self._others = np.array(others, dtype=np.int64)
-        self._dirty = False
-
     def other_slots(self) -> np.ndarray:
         """Running slots outside the DecodeSet (prefilling, several sequences, drafts), for sampling."""
-        if self._dirty:
-            self._rebuild()
-        return self._others
+        o = self._others
+        return np.fromiter(o, dtype=np.int64, count=len(o)) if o else _EMPTY
+
+    def adopt_slot(self, g: SeqGroup, slot: int) -> None:
+        """A new sequence slot of a running group (a fork)."""
+        self.slot_group[slot] = g
+        self._others[slot] = None
+
+    def drop_slot(self, slot: int) -> None:
+        """Forget a running group's slot (its sequence ended or was pruned)."""
+        self.slot_group.pop(slot, None)
+        self._others.pop(slot, None)
+
+    def start_decoding(self, g: SeqGroup) -> None:
+        """The group's prefill is complete: a plain single sequence joins the DecodeSet after this step
+        (join_decodes); any other group decodes through the per-group path."""
+        g.decoding = True
+        if g.simple:
+            self.pending_joins.append(g.slots[0])
+        else:
+            self._complex[g] = None
+
+    def join_decodes(self) -> None:
+        """Between steps: move pending single sequences (fresh decoders, swap-ins) into the DecodeSet."""
+        for slot in self.pending_joins:
+            g = self.slot_group.get(slot)
+            if g is not None and g.status == RUNNING and g.slots and g.slots[0] == slot:
+                self.dset.join(slot)
+                self._others.pop(slot, None)
+        self.pending_joins.clear()
 
     # ---- the step -----------------------------------------------------------------------------
     def schedule(self) -> SchedulerOutput:
@@ -180,28 +190,31 @@ class Scheduler:
         return max(0, min(k, int(self.table.olen[slot] - self.table.gen[slot]) - 1))
 
     def _append_simple(self, slot: int, n: int) -> None:
-        sid = self.slot_group[slot].seq_ids[0]
-        res = self.ops.cache.append(sid, n)
+        res = self.ops.cache.append(self.slot_group[slot].seq_ids[0], n)
         if not res.ok:
-            raise RuntimeError(f"append to {sid!r} failed after counting free blocks")
-        self._step_cows += len(res.cows)
+            raise RuntimeError(f"append to {self.slot_group[slot].seq_ids[0]!r} failed after counting free blocks")
+        if res.cows:
+            self._step_cows += len(res.cows)
 
     def _schedule_decodes(self, out: SchedulerOutput) -> int:
         """Append this step's token slots to every decoding sequence; returns tokens used."""
-        if self._dirty:
-            self._rebuild()
-        t, ops = self.table, self.ops
+        t, ops, dset = self.table, self.ops, self.dset
         if ops.paged:
+            cache = ops.cache
             while True:
-                need = len(self.dset.crossing()) + (self._complex_need() if self._complex else 0)
-                if need <= ops.cache.num_free_blocks or not self.running:
+                need = dset.crossing_count() + (self._complex_need() if self._complex else 0)
+                if need <= cache.num_free_blocks or not self.running:
                     break
                 self._preempt(self.running[-1], out)
-                self._rebuild()
         self._step_cows = 0
-        c1 = self.dset.advance(self._append_simple)
+        c1 = dset.advance(self._append_simple)
         out.num_cows += self._step_cows
-        out.simple_slots = self.dset.slots()
+        out.simple_slots = dset.slots()
+        out.num_simple = int(c1.size)
+        if not self._complex:  # the common case: nothing but single plain sequences
+            out.decode_ctx = c1
+            out.num_decode_tokens = out.num_simple
+            return out.num_simple
         ctxs: list[np.ndarray] = [c1] if c1.size else []
         qs: list[np.ndarray] = []
         s = c1
@@ -229,7 +242,6 @@ class Scheduler:
             out.decode_groups = list(self._complex)
             ctxs.append(np.array(cc, dtype=np.int64))
             qs = [np.ones(s.size, dtype=np.int64), np.array(cq, dtype=np.int64)]
-        out.num_simple = int(s.size)
         if ctxs:
             out.decode_ctx = ctxs[0] if len(ctxs) == 1 else np.concatenate(ctxs)
             if qs and any(q.size and q.max() > 1 for q in qs):
@@ -239,6 +251,8 @@ class Scheduler:
 
     def _schedule_running_prefills(self, out: SchedulerOutput, budget: int) -> int:
         """Chunked prefill: continue admitted prompts with the budget left after decodes."""
+        if not self.config.chunked_prefill:
+            return budget  # without chunking every prefill completes in the step that admits it
         for g in self.running:
             if g.decoding or g.prefill_done >= g.prefill_target:
                 continue
@@ -304,7 +318,6 @@ class Scheduler:
             if not g.slots:
                 g.slots.append(self.table.alloc(g.spec.prompt_len + g.output_len - 1, g.output_len))
                 g.seq_ids.append(g.new_seq_id())
-            self.slot_group[g.slots[0]] = g
             hit = ops.admit(g)
             g.prefill_done = min(hit, g.prefill_target - 1)
             self.table.ctx[g.slots[0]] = g.prefill_done
@@ -326,10 +339,9 @@ class Scheduler:
         insort(self.running, g, key=lambda x: x.key)
         self.num_running_seqs += g.num_seqs
         for s in g.slots:
-            self.slot_group[s] = g
-        if g.decoding and g.simple:
-            self.pending_joins.append(g.slots[0])
-        self._dirty = True
+            self.adopt_slot(g, s)
+        if g.decoding:  # swapped back in
+            self.start_decoding(g)
 
     def remove_running(self, g: SeqGroup) -> None:
         """Take a group out of the running list (finish, abort, preemption); counters become exact."""
@@ -337,7 +349,9 @@ class Scheduler:
             self.dset.leave(g.slots[0])
         self.running.remove(g)
         self.num_running_seqs -= g.num_seqs
-        self._dirty = True
+        for s in g.slots:
+            self._others.pop(s, None)
+        self._complex.pop(g, None)
 
     def _preempt(self, g: SeqGroup, out: SchedulerOutput) -> None:
         """Preempt a whole group: swap it out (swap mode, or several sequences in either mode, as
@@ -367,7 +381,7 @@ class Scheduler:
         while len(g.slots) > 1:
             s = g.slots.pop()
             g.seq_ids.pop()
-            self.slot_group.pop(s, None)
+            self.drop_slot(s)
             t.release(s)
         s0 = g.slots[0]
         gen = int(t.gen[s0]) if g.num_seqs == 1 else 0
@@ -394,6 +408,13 @@ class Scheduler:
         for slot in self.dset.members:
             g = self.slot_group[slot]
             assert g.status == RUNNING and g.decoding and g.simple, f"request {g.spec.req_id!r} in DecodeSet"
+        run_slots = {x for g in self.running for x in g.slots}
+        assert set(self._others) == run_slots - set(self.dset.members), "other-slot index drifted"
+        assert list(self._complex) == [g for g in self._complex if g.status == RUNNING]
+        assert set(self._complex) == {g for g in self.running if g.decoding and not g.simple}, \
+            "complex-group index drifted"
+        for x in run_slots:
+            assert self.slot_group[x].status == RUNNING, f"slot {x} maps to a non-running group"
         for q, st in ((self.waiting, WAITING), (self.running, RUNNING), (self.swapped, SWAPPED)):
             for g in q:
                 assert g.status == st, f"request {g.spec.req_id!r}: status {g.status} but queued as {st}"

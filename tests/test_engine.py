@@ -205,3 +205,15 @@ def test_roofline_default_and_sampling_interval() -> None:
     assert len(sparse.memory) < len(full.memory) / 5 and sparse.steps == []
     assert sparse.summary["mean_batch_size"] == full.summary["mean_batch_size"]  # from running sums
     assert sparse.summary["token_states_pct"] == pytest.approx(full.summary["token_states_pct"], rel=0.2)
+
+
+def test_docs_examples_run() -> None:
+    """The Python examples in docs/simulator.md run as written (and their asserts hold)."""
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "simulator.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", doc, flags=re.S)
+    assert len(blocks) == 3
+    for code in blocks:
+        exec(compile(code, "docs/simulator.md", "exec"), {})
