@@ -1,6 +1,8 @@
 """The kernel sources compile through NVRTC (the compiler cupy.RawModule uses) for sm_80 and sm_90 in
-every dtype / head_dim / block size instantiation, with no register spills; compile errors and
-spills are detected; nvcc --resource-usage agrees where nvcc is installed. No GPU needed."""
+every dtype / head_dim / block size instantiation, with no register spills; the quantised (fp8 e4m3 /
+int8, KV_QUANT=1) instantiations on a smaller matrix (fp8 on sm_80 takes cuda_fp8.h's software
+conversion path, on sm_90 the hardware one); compile errors and spills are detected; nvcc
+--resource-usage agrees where nvcc is installed. No GPU needed."""
 
 from __future__ import annotations
 
@@ -13,7 +15,11 @@ from gpu.layout import SUPPORTED_BLOCK_SIZES, SUPPORTED_HEAD_DIMS
 
 DECODE_KERNELS = {f"{k}_{s}" for k in ("paged_decode", "contiguous_decode", "decode_reduce")
                   for s in ("f32", "f16", "bf16")}
-CACHE_KERNELS = {"copy_blocks"} | {f"reshape_and_cache_{s}" for s in ("f32", "f16", "bf16")}
+QUANT_DECODE_KERNELS = {f"{k}_{q}_{c}" for k in ("paged_decode", "contiguous_decode") for q in ("f16", "bf16")
+                        for c in ("fp8", "int8")} | {"decode_reduce_f16", "decode_reduce_bf16"}
+CACHE_KERNELS = ({"copy_blocks", "gather_blocks", "scatter_blocks"}
+                 | {f"reshape_and_cache_{s}" for s in ("f32", "f16", "bf16")}
+                 | {f"reshape_and_cache_{s}_{c}" for s in ("f32", "f16", "bf16") for c in ("fp8", "int8")})
 
 
 @pytest.mark.slow
@@ -29,6 +35,19 @@ def test_decode_kernels_compile_without_spills(arch, head_dim, block_size):
         assert not k.spills, f"{k.name}: {k.spill_stores} B spill stores, {k.spill_loads} B spill loads"
         assert 0 < k.registers <= 128, k  # __launch_bounds__(128, 4) caps the budget at 128
         assert 0 < k.smem_bytes <= 48 * 1024
+        assert k.occupancy(128) >= 0.25
+    assert not r.warnings, r.warnings
+
+
+@pytest.mark.parametrize("arch", nvrtc.ARCHS)
+@pytest.mark.parametrize("head_dim,block_size", [(64, 8), (128, 16), (256, 32)])
+def test_quantized_decode_kernels_compile_without_spills(arch, head_dim, block_size):
+    r = nvrtc.compile_kernel_file("paged_attention.cu", arch=arch,
+                                  defines={"HEAD_DIM": head_dim, "BLOCK_SIZE": block_size, "KV_QUANT": 1})
+    assert set(r.kernels) == QUANT_DECODE_KERNELS
+    for k in r.kernels.values():
+        assert not k.spills, f"{k.name}: {k.spill_stores} B spill stores, {k.spill_loads} B spill loads"
+        assert 0 < k.registers <= 128 and k.stack_bytes == 0, k
         assert k.occupancy(128) >= 0.25
     assert not r.warnings, r.warnings
 
@@ -102,4 +121,8 @@ def test_cuda_include_dir_has_half_headers():
 def test_nvcc_resource_usage_agrees(arch):
     rows = nvrtc.nvcc_resource_usage("paged_attention.cu", arch=arch, defines={"HEAD_DIM": 128, "BLOCK_SIZE": 16})
     assert set(rows) == DECODE_KERNELS
+    assert all(not k.spills and 0 < k.registers <= 128 for k in rows.values())
+    rows = nvrtc.nvcc_resource_usage("paged_attention.cu", arch=arch,
+                                     defines={"HEAD_DIM": 128, "BLOCK_SIZE": 16, "KV_QUANT": 1})
+    assert set(rows) == QUANT_DECODE_KERNELS
     assert all(not k.spills and 0 < k.registers <= 128 for k in rows.values())

@@ -85,14 +85,30 @@ __device__ __forceinline__ void load_vec16(const __nv_bfloat16* p, float (&o)[8]
   }
 }
 
+// Two E4M3 codes (bits 0-7 and 16-23 of `pair`) -> float2, exactly.
+__device__ __forceinline__ float2 fp8x2_to_float2(unsigned pair) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+  // one cvt.rn.f16x2.e4m3x2 (the hardware conversion of sm_89+)
+  const __half2_raw r = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>((pair & 0xffu) | (pair >> 8)),
+                                                   __NV_E4M3);
+  return __half22float2(*reinterpret_cast<const __half2*>(&r));
+#else
+  // Elsewhere (sm_80, the CPU shim) cuda_fp8.h's software path costs a loop per value and ~4x the
+  // compile time. E4M3 is fp16 with a 4-bit exponent: the code's 7 magnitude bits moved to fp16 bits
+  // 13..7 and its sign to bit 15 read as the value / 2^8, subnormals included, exactly. Only the NaN
+  // code 0x7F needs a fix (it would read 480).
+  const unsigned h = ((pair & 0x00800080u) << 8) | ((pair & 0x007f007fu) << 7);
+  const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&h));
+  const float nan = __int_as_float(0x7fffffff);
+  return make_float2((pair & 0x7fu) == 0x7fu ? nan : f.x * 256.f, ((pair >> 16) & 0x7fu) == 0x7fu ? nan : f.y * 256.f);
+#endif
+}
 __device__ __forceinline__ void load_vec16(const __nv_fp8_e4m3* p, float (&o)[16]) {
   const uint4 v = *reinterpret_cast<const uint4*>(p);
   const unsigned* w = reinterpret_cast<const unsigned*>(&v);
 #pragma unroll
-  for (int i = 0; i < 8; ++i) {  // one pair -> __half2 (a single cvt.rn.f16x2.e4m3x2 on sm_89+) -> float2
-    const __half2_raw r = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(w[i / 2] >> (16 * (i % 2))),
-                                                     __NV_E4M3);
-    const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&r));
+  for (int i = 0; i < 8; ++i) {
+    const float2 f = fp8x2_to_float2(__byte_perm(w[i / 2], 0u, i % 2 ? 0x4342u : 0x4140u));
     o[2 * i] = f.x;
     o[2 * i + 1] = f.y;
   }
