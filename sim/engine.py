@@ -156,6 +156,8 @@ class Engine:
             s.in_flight = True
             if iv is None or now - self._last_sample >= iv:
                 self._sample(now)
+                if self.check:  # the inlined categories agree with sim.memory_breakdown
+                    assert self.memory[-1] == self.measure().sample(now), "inlined breakdown drifted"
             dt = step_time(batch(out)) + out.swap_time_s
             record(out, now, dt)
             yield timeout(dt)
@@ -182,10 +184,9 @@ class Engine:
         return b
 
     def _record_step(self, out: SchedulerOutput, start: float, dt: float) -> None:
-        tot = self.totals
         bs = len(out.prefills) + out.decode_ctx.size
-        tot.add(bs, dt, out)
-        if not self._record:
+        if not self._record:  # running sums only (with records they are rebuilt from them at the end)
+            self.totals.add(bs, dt, out)
             return
         c = self.cache
         if isinstance(c, PagedKVCache):
@@ -193,7 +194,7 @@ class Engine:
             used = c.num_blocks - free
         else:
             used, free = c.used_slots, c.free_slots
-        self.steps.append(StepRecord(tot.num_steps - 1, start, dt, bs, out.num_prefill_tokens,
+        self.steps.append(StepRecord(len(self.steps), start, dt, bs, out.num_prefill_tokens,
                                      out.num_decode_tokens, used, free, out.num_cows, out.swap_out_blocks,
                                      out.swap_in_blocks, len(out.preempted), len(self.sched.waiting)))
 
@@ -219,50 +220,57 @@ class Engine:
             return min(c.num_free_blocks, c.watermark_blocks) * c.block_size
         return c.external_fragmentation(waiting_need)
 
-    def measure(self) -> Breakdown:
-        """The memory breakdown now (live sequences, cache occupancy, the head waiting request)."""
-        t, s = self.ops.table, self.sched
+    def _memory_sums(self) -> tuple[int, int, int, int, int, int, int]:
+        """(sum ctx, sum drafts, sum allocated, sum min(allocated, final), used slots, external
+        fragmentation, used blocks) over the running sequences, for the memory breakdown."""
+        s = self.sched
         need = 0
         if s.waiting:
             h = s.waiting[0]
-            need = h.prefill_target if self.ops.paged else self.ops.reservation(h)
-        ext = self.external_frag(need)
+            need = h.prefill_target if self._paged else self.ops.reservation(h)
+        ext = self.external_frag(need) if need else 0
         d = s.dset  # single decoding sequences: sums kept incrementally
         sum_ctx, sum_spec, sum_alloc, sum_capf = d.true_sum_ctx(), 0, d.sum_alloc, d.sum_capf
-        r = s.other_slots()
-        paged = self.ops.paged
         b = self.ops.block_size
-        if r.size:
-            m = t.data[:, r]
+        if s._others:
+            t = self.ops.table
+            m = t.data[:, s.other_slots()]
             sums = m.sum(axis=1).tolist()
-            alloc = m[NBLK] * b if paged else m[SHARE]
+            alloc = m[NBLK] * b if self._paged else m[SHARE]
             sum_ctx += sums[CTX]
             sum_spec += sums[SPEC]
-            sum_alloc += sums[NBLK] * b if paged else sums[SHARE]
+            sum_alloc += sums[NBLK] * b if self._paged else sums[SHARE]
             sum_capf += int(np.minimum(alloc, m[FINAL]).sum())
         c = self.cache
         if isinstance(c, PagedKVCache):
-            used_blocks = c.num_used_blocks
-            bd = from_sums(sum_ctx, sum_spec, sum_alloc, sum_capf, used_slots=used_blocks * b,
-                           capacity=self.capacity, external_frag=ext)
-            bd.logical_blocks, bd.physical_blocks = sum_alloc // b, used_blocks
-            return bd
-        return from_sums(sum_ctx, sum_spec, sum_alloc, sum_capf, used_slots=c.used_slots,
-                         capacity=self.capacity, external_frag=ext)
+            used_blocks = c.num_blocks - c.num_free_blocks
+            return sum_ctx, sum_spec, sum_alloc, sum_capf, used_blocks * b, ext, used_blocks
+        return sum_ctx, sum_spec, sum_alloc, sum_capf, c.used_slots, ext, 0
+
+    def measure(self) -> Breakdown:
+        """The memory breakdown now (running sequences, cache occupancy, the head waiting request)."""
+        sc, ss, sa, sf, used, ext, used_blocks = self._memory_sums()
+        bd = from_sums(sc, ss, sa, sf, used_slots=used, capacity=self.capacity, external_frag=ext)
+        if self._paged:
+            bd.logical_blocks, bd.physical_blocks = sa // self.ops.block_size, used_blocks
+        return bd
 
     def _sample(self, now: float) -> None:
         """Append a memory sample at `now` (replacing one taken at the same instant)."""
         self._last_sample = now
-        bd = self.measure()
+        sc, ss, sa, sf, used, ext, used_blocks = self._memory_sums()
+        logical = sc - ss
+        free = self.capacity - used
         mem = self.memory
         if mem and mem[-1].time_s == now:
             mem.pop()
             if self._blocks:
                 self._blocks.pop()
-        mem.append(MemorySample(now, bd.token_states, bd.reserved, bd.internal_frag, bd.speculative,
-                                bd.external_frag, bd.free, bd.logical_token_states, bd.capacity))
+        # The categories of sim.memory_breakdown.from_sums, inlined on this per-step path.
+        mem.append(MemorySample(now, float(used - (sa - logical)), float(sf - sc), float(sa - sf), float(ss),
+                                float(ext), float(free - ext), float(logical), float(self.capacity)))
         if self._paged:
-            self._blocks.append((now, bd.logical_blocks, bd.physical_blocks))
+            self._blocks.append((now, sa // self.ops.block_size, used_blocks))
 
     def check_invariants(self) -> None:
         """Scheduler, cache and memory-breakdown invariants (AssertionError naming what broke)."""
@@ -295,7 +303,8 @@ class Engine:
                    gpu=self.res.gpu.name, latency_model=self.latency.name)
         result = SimResult(system=system_label(self.config.cache), config=cfg, requests=records,
                            steps=self.steps, memory=self.memory)
-        result.summary = summarize(result, totals=self.totals, end_s=end)
+        totals = StepTotals.from_steps(result) if self._record else self.totals
+        result.summary = summarize(result, totals=totals, end_s=end)
         result.summary.update(self._extras(end))
         return result
 

@@ -177,6 +177,44 @@ class KVOps:
             return int(self.table.nblk[g.slots[0]])
         return self.cache.unique_blocks(g.seq_ids)
 
+    # ---- decode steps of multi-sequence / speculative groups -----------------------------------
+    def draft_len(self, g: SeqGroup, slot: int) -> int:
+        """Draft tokens a speculative sequence verifies this step (fewer near its end; 0 if none)."""
+        k = g.spec.spec_k
+        if not k:
+            return 0
+        t = self.table
+        return max(0, min(k, int(t.olen[slot] - t.gen[slot]) - 1))
+
+    def decode_need(self, g: SeqGroup) -> int:
+        """Paged: free blocks the group's decode step takes (new blocks and copy-on-write copies)."""
+        final, cache = self.table.final, self.cache
+        return sum(cache.num_new_blocks_for_append(sid, self.draft_len(g, s) + 1)
+                   for s, sid in zip(g.slots, g.seq_ids, strict=True) if final[s])
+
+    def decode_group(self, g: SeqGroup, rng: np.random.Generator, accepted: dict[int, int],
+                     ctx_out: list[int], q_out: list[int]) -> int:
+        """Give each live sequence of the group its slots for this step (1 + drafts), draw how many
+        drafts will be accepted, and append (context, query tokens) per sequence to the outputs.
+        Returns copy-on-write copies made."""
+        t = self.table
+        cows = 0
+        for s, sid in zip(g.slots, g.seq_ids, strict=True):
+            if t.final[s] == 0:
+                continue  # contiguous: a finished sample's share waits for its siblings
+            k = self.draft_len(g, s)
+            if self.paged:
+                cows += self.append(s, sid, k + 1)
+            else:
+                t.ctx[s] += k + 1
+            if g.spec.spec_k:
+                a = accepted_drafts(rng, k, g.spec.spec_accept)
+                accepted[s] = a
+                t.spec[s] = k - a
+            ctx_out.append(int(t.ctx[s]))
+            q_out.append(k + 1)
+        return cows
+
     # ---- swap ---------------------------------------------------------------------------------
     def restore_blocks(self, g: SeqGroup) -> int:
         """Blocks a swapped-out group needs to be rebuilt (prompt's full blocks shared by its seqs)."""

@@ -64,29 +64,29 @@ def admit_request(s: Scheduler, spec: RequestSpec, *, max_model_len: int) -> Seq
 
 def complete_step(s: Scheduler, out: SchedulerOutput, now: float) -> list[SeqGroup]:
     """Apply a finished step at time `now`; returns the groups that finished in it."""
-    t, dset = s.table, s.dset
     s.in_flight = False
-    simple_done = dset.finishing()  # members whose last token this step produced
-    done: list[SeqGroup] = []
-    for slot in simple_done:
-        g = s.slot_group[slot]
-        done.append(g)
-    for slot in s.deferred_release:
-        t.release(slot)
-    s.deferred_release.clear()
-    for g, _chunk, _before in out.prefills:
-        if g.status != RUNNING or g.prefill_done < g.prefill_target:
-            continue
-        _first_token(s, g, now)
-        if t.gen[g.slots[0]] >= g.output_len:
-            done.append(g)
+    # Members of the DecodeSet whose last token this step produced (their counters are lazy).
+    done = [s.slot_group[slot] for slot in s.dset.finishing()]
+    if s.deferred_release:
+        for slot in s.deferred_release:
+            s.table.release(slot)
+        s.deferred_release.clear()
+    if out.prefills:
+        gen = s.table.gen
+        for g, _chunk, _before in out.prefills:
+            if g.status != RUNNING or g.prefill_done < g.prefill_target:
+                continue
+            _first_token(s, g, now)
+            if gen[g.slots[0]] >= g.output_len:
+                done.append(g)
     for g in out.decode_groups:
         if g.status == RUNNING and _advance_group(s, g, out):
             done.append(g)
     for g in done:
         if g.status == RUNNING:
             finish_group(s, g, now, FINISHED)
-    s.join_decodes()  # after the finishes: a group done at its prefill never joins
+    if s.pending_joins:
+        s.join_decodes()  # after the finishes: a group done at its prefill never joins
     return done
 
 

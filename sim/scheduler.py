@@ -16,7 +16,7 @@ import numpy as np
 
 from sim.config import SchedulerConfig
 from sim.decode_set import DecodeSet
-from sim.kv_ops import LATER, NEVER, OK, KVOps, accepted_drafts, cdiv
+from sim.kv_ops import LATER, NEVER, OK, KVOps, cdiv
 from sim.request import RequestSpec
 from sim.sequence import RUNNING, SWAPPED, WAITING, SeqGroup
 from sim.swap import SwapSpace
@@ -57,16 +57,6 @@ class SchedulerOutput:
     blocked: str = ""
     head_need: int = 0
 
-    @property
-    def batch_size(self) -> int:
-        """Sequences that run in this step's forward pass."""
-        return len(self.prefills) + int(self.decode_ctx.size)
-
-    @property
-    def empty(self) -> bool:
-        """True if the step computes nothing."""
-        return self.num_prefill_tokens == 0 and self.num_decode_tokens == 0
-
 
 class Scheduler:
     """Queues and per-step decisions over one KV cache (paged or contiguous).
@@ -103,6 +93,7 @@ class Scheduler:
         # still indexed by the step's arrays: their release waits for complete_step.
         self.in_flight = False
         self.deferred_release: list[int] = []
+        self._chunked = config.chunked_prefill
 
     # ---- queue entry --------------------------------------------------------------------------
     def new_group(self, spec: RequestSpec, output_len: int) -> SeqGroup:
@@ -159,12 +150,13 @@ class Scheduler:
     def schedule(self) -> SchedulerOutput:
         """Decide and allocate the next step (see the module doc)."""
         out = SchedulerOutput()
-        budget = self.token_budget
-        budget -= self._schedule_decodes(out)
-        budget = self._schedule_running_prefills(out, budget)
+        budget = self.token_budget - self._schedule_decodes(out)
+        if self._chunked:
+            budget = self._schedule_running_prefills(out, budget)
         if not out.preempted:
-            self._schedule_swap_in(out)
-            if not self.swapped:
+            if self.swapped:
+                self._schedule_swap_in(out)
+            if self.waiting and not self.swapped:
                 self._schedule_admissions(out, budget)
         if self.waiting and not out.head_need:
             out.head_need = self._need(self.waiting[0])
@@ -172,22 +164,7 @@ class Scheduler:
 
     def _complex_need(self) -> int:
         """Free blocks the multi-sequence / speculative decodes take this step (paged)."""
-        need = 0
-        cache = self.ops.cache
-        final = self.table.final
-        for g in self._complex:
-            for slot, sid in zip(g.slots, g.seq_ids, strict=True):
-                if final[slot]:
-                    need += cache.num_new_blocks_for_append(sid, self._draft_len(slot) + 1)
-        return need
-
-    def _draft_len(self, slot: int) -> int:
-        """Draft tokens a speculative sequence verifies this step (fewer near its end)."""
-        g = self.slot_group[slot]
-        k = g.spec.spec_k
-        if not k:
-            return 0
-        return max(0, min(k, int(self.table.olen[slot] - self.table.gen[slot]) - 1))
+        return sum(self.ops.decode_need(g) for g in self._complex)
 
     def _append_simple(self, slot: int, n: int) -> None:
         res = self.ops.cache.append(self.slot_group[slot].seq_ids[0], n)
@@ -198,7 +175,7 @@ class Scheduler:
 
     def _schedule_decodes(self, out: SchedulerOutput) -> int:
         """Append this step's token slots to every decoding sequence; returns tokens used."""
-        t, ops, dset = self.table, self.ops, self.dset
+        ops, dset = self.ops, self.dset
         if ops.paged:
             cache = ops.cache
             while True:
@@ -215,39 +192,17 @@ class Scheduler:
             out.decode_ctx = c1
             out.num_decode_tokens = out.num_simple
             return out.num_simple
-        ctxs: list[np.ndarray] = [c1] if c1.size else []
-        qs: list[np.ndarray] = []
-        s = c1
-        used = int(s.size)
-        if self._complex:
-            cc: list[int] = []
-            cq: list[int] = []
-            for g in self._complex:
-                p = g.spec.spec_accept
-                for slot, sid in zip(g.slots, g.seq_ids, strict=True):
-                    if t.final[slot] == 0:
-                        continue  # contiguous: a finished sample's share waits for its siblings
-                    k = self._draft_len(slot)
-                    if self.ops.paged:
-                        out.num_cows += self.ops.append(slot, sid, k + 1)
-                    else:
-                        t.ctx[slot] += k + 1
-                    if g.spec.spec_k:
-                        a = accepted_drafts(self.rng, k, p)
-                        out.accepted[slot] = a
-                        t.spec[slot] = k - a
-                    cc.append(int(t.ctx[slot]))
-                    cq.append(k + 1)
-                    used += k + 1
-            out.decode_groups = list(self._complex)
-            ctxs.append(np.array(cc, dtype=np.int64))
-            qs = [np.ones(s.size, dtype=np.int64), np.array(cq, dtype=np.int64)]
-        if ctxs:
-            out.decode_ctx = ctxs[0] if len(ctxs) == 1 else np.concatenate(ctxs)
-            if qs and any(q.size and q.max() > 1 for q in qs):
-                out.decode_q = np.concatenate(qs)
-        out.num_decode_tokens = used
-        return used
+        cc: list[int] = []
+        cq: list[int] = []
+        for g in self._complex:
+            out.num_cows += ops.decode_group(g, self.rng, out.accepted, cc, cq)
+        out.decode_groups = list(self._complex)
+        q = np.array(cq, dtype=np.int64)
+        out.decode_ctx = np.concatenate([c1, np.array(cc, dtype=np.int64)])
+        if q.size and q.max() > 1:
+            out.decode_q = np.concatenate([np.ones(c1.size, dtype=np.int64), q])
+        out.num_decode_tokens = out.num_simple + int(q.sum())
+        return out.num_decode_tokens
 
     def _schedule_running_prefills(self, out: SchedulerOutput, budget: int) -> int:
         """Chunked prefill: continue admitted prompts with the budget left after decodes."""
