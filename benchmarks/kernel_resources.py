@@ -1,6 +1,7 @@
 """Benchmark (no GPU needed): resource usage of every decode-kernel instantiation as compiled by NVRTC,
 the compiler cupy.RawModule uses: registers, static shared memory, stack, spills and an occupancy
-estimate (128 threads per block) for sm_80 and sm_90. Prints the table and records it in
+estimate (128 threads per block) for sm_80 and sm_90, float and quantised (KV_QUANT=1: fp8 e4m3 /
+int8 KV) builds, plus each build's compile time. Prints the table and records it in
 benchmarks/results/kernel_resources.md.
 Run: python benchmarks/kernel_resources.py [--arch sm_80 sm_90] [--out PATH]
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import platform
 import sys
 import time
@@ -21,28 +23,31 @@ from gpu.layout import SUPPORTED_BLOCK_SIZES, SUPPORTED_HEAD_DIMS
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def measure(archs: list[str]) -> tuple[list[str], bool]:
-    """Markdown table rows for every instantiation; False if any kernel spills."""
-    rows, ok = [], True
+def measure(archs: list[str]) -> tuple[list[str], list[str], bool]:
+    """Markdown table rows for every instantiation, compile-time rows per build; False if any kernel spills."""
+    rows, times, ok = [], [], True
     for arch in archs:
-        for d in SUPPORTED_HEAD_DIMS:
-            for bs in SUPPORTED_BLOCK_SIZES:
-                t = time.perf_counter()
-                r = nvrtc.compile_kernel_file("paged_attention.cu", arch=arch, defines={"HEAD_DIM": d, "BLOCK_SIZE": bs})
-                dt = time.perf_counter() - t
-                for k in sorted(r.kernels.values(), key=lambda k: k.name):
-                    ok &= not k.spills
-                    rows.append(f"| {arch} | {d} | {bs} | {k.name} | {k.registers} | {k.smem_bytes} | {k.stack_bytes} | "
-                                f"{k.spill_stores}/{k.spill_loads} | {k.occupancy(NUM_THREADS):.0%} |")
-                print(f"{arch} head_dim={d:3d} block_size={bs:2d}: compiled in {dt:.1f} s; "
-                      + ", ".join(f"{k.name}={k.registers}r" for k in sorted(r.kernels.values(), key=lambda k: k.name)),
-                      flush=True)
+        for d, bs, quant in itertools.product(SUPPORTED_HEAD_DIMS, SUPPORTED_BLOCK_SIZES, (0, 1)):
+            t = time.perf_counter()
+            defines = {"HEAD_DIM": d, "BLOCK_SIZE": bs} | ({"KV_QUANT": 1} if quant else {})
+            r = nvrtc.compile_kernel_file("paged_attention.cu", arch=arch, defines=defines)
+            dt = time.perf_counter() - t
+            times.append(f"| {arch} | {d} | {bs} | {'quantised' if quant else 'float'} | {dt:.1f} |")
+            # the quantised build repeats the fp16 / bf16 reduce kernels: list them once
+            kernels = [k for k in r.kernels.values() if not (quant and k.name.startswith("decode_reduce"))]
+            for k in sorted(kernels, key=lambda k: k.name):
+                ok &= not k.spills
+                rows.append(f"| {arch} | {d} | {bs} | {k.name} | {k.registers} | {k.smem_bytes} | {k.stack_bytes} | "
+                            f"{k.spill_stores}/{k.spill_loads} | {k.occupancy(NUM_THREADS):.0%} |")
+            print(f"{arch} head_dim={d:3d} block_size={bs:2d} KV_QUANT={quant}: compiled in {dt:.1f} s; "
+                  + ", ".join(f"{k.name}={k.registers}r" for k in sorted(kernels, key=lambda k: k.name)),
+                  flush=True)
         r = nvrtc.compile_kernel_file("cache_ops.cu", arch=arch)
         for k in sorted(r.kernels.values(), key=lambda k: k.name):
             ok &= not k.spills
             rows.append(f"| {arch} | - | - | {k.name} | {k.registers} | {k.smem_bytes} | {k.stack_bytes} | "
                         f"{k.spill_stores}/{k.spill_loads} | {k.occupancy(NUM_THREADS):.0%} |")
-    return rows, ok
+    return rows, times, ok
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     major, minor = nvrtc.nvrtc_version()
     t0 = time.perf_counter()
-    rows, ok = measure(a.arch)
+    rows, times, ok = measure(a.arch)
     header = [
         "# Decode-kernel resource usage (NVRTC, no GPU)",
         "",
@@ -62,12 +67,16 @@ def main(argv: list[str] | None = None) -> int:
         "Occupancy: estimated fraction of an SM's 64 warp slots for blocks of 128 threads, from registers "
         "(allocated per warp in units of 256), shared memory (+1 KiB reserved per block) and the 32-block limit.",
         f"Spills anywhere: {'none' if ok else 'YES (see rows)'}.",
+        "Kernel suffixes: storage f32 / f16 / bf16; quantised KV <q>_<kv> (q and output f16 / bf16, K/V fp8 "
+        "e4m3 or int8 codes with fp32 scales), built with -DKV_QUANT=1 (see docs/gpu.md).",
         "",
         "| arch | head_dim | block_size | kernel | registers | smem bytes | stack bytes | spill st/ld bytes | occupancy |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text("\n".join(header + rows) + "\n")
+    timing = ["", "## NVRTC compile time per build (this machine)", "",
+              "| arch | head_dim | block_size | build | seconds |", "|---|---|---|---|---|", *times]
+    a.out.write_text("\n".join(header + rows + timing) + "\n")
     print(f"{len(rows)} kernels in {time.perf_counter() - t0:.0f} s; spills: {'none' if ok else 'YES'}; wrote {a.out}")
     return 0 if ok else 1
 

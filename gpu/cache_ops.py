@@ -100,13 +100,18 @@ def write_into_cache(backend: Backend, k_pool: Any, v_pool: Any, key: Any, value
 
 
 def copy_blocks(backend: Backend, k_pool: Any, v_pool: Any, block_mapping: np.ndarray, *,
-                dtype: str | StorageType, validate: bool = True) -> None:
-    """Copy physical blocks src -> dst (K and V, every head) for each row (src, dst) of block_mapping."""
-    st = storage_type(dtype)
+                dtype: str | StorageType, k_scales: Any = None, v_scales: Any = None, validate: bool = True) -> None:
+    """Copy physical blocks src -> dst (K and V, every head) for each row (src, dst) of block_mapping.
+    Quantised pools (`dtype` "int8:per_block", ...) pass their scales: per_block / per_head scales
+    are copied with the blocks (a copy keeps its source's scale), static ones are left alone."""
+    kv = parse_kv_dtype(dtype) if isinstance(dtype, str) else None
+    st = kv.storage if kv else storage_type(dtype)
     mapping = np.ascontiguousarray(block_mapping, np.int64)
     if validate:
         check_pool_arrays(k_pool, v_pool, st)
         nb = int(k_pool.shape[0])
+        if kv is not None:
+            check_scales(kv, k_scales, v_scales, nb, int(k_pool.shape[1]), int(k_pool.shape[2]))
         if mapping.ndim != 2 or mapping.shape[1] != 2:
             raise KernelInputError(f"block_mapping must be [num_pairs, 2] (src, dst); got shape {mapping.shape}")
         if mapping.size and (mapping.min() < 0 or mapping.max() >= nb):
@@ -119,9 +124,14 @@ def copy_blocks(backend: Backend, k_pool: Any, v_pool: Any, block_mapping: np.nd
             raise KernelInputError("a destination block is also a source (copies would race)")
     if len(mapping) == 0:
         return
-    block_bytes = int(np.prod(k_pool.shape[1:])) * st.itemsize
     kernel = backend.module(CACHE_OPS_FILE).get_function("copy_blocks")
-    kernel((len(mapping),), (THREADS,), (k_pool, v_pool, backend.asarray(mapping), np.int64(block_bytes)))
+    dev_mapping = backend.asarray(mapping)
+    pairs = [(k_pool, v_pool)]
+    if kv is not None and kv.granularity in ("per_block", "per_head"):
+        pairs.append((k_scales, v_scales))
+    for a, b in pairs:
+        block_bytes = int(np.prod(a.shape[1:])) * a.dtype.itemsize
+        kernel((len(mapping),), (THREADS,), (a, b, dev_mapping, np.int64(block_bytes)))
 
 
 @dataclass(slots=True)

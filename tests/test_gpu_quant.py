@@ -13,11 +13,20 @@ from gpu_testing import BACKENDS, QUANT_TOLERANCE, NoLaunchBackend, assert_close
 
 import gpu
 from gpu import attention as A
-from gpu.cache_ops import write_into_cache
+from gpu.cache_ops import copy_blocks, write_into_cache
 from gpu.dtypes import storage_type
 from gpu.errors import KernelInputError
 from gpu.layout import allocate_pool
-from gpu.quant import GRANULARITIES, POISON_CODE, KVQuant, parse_kv_dtype, quantize, row_scales, slot_scales
+from gpu.quant import (
+    GRANULARITIES,
+    POISON_CODE,
+    KVQuant,
+    parse_kv_dtype,
+    quantize,
+    quantize_pool,
+    row_scales,
+    slot_scales,
+)
 from gpu.reference import decode_attention
 
 FORMATS = [f"{d}:{g}" for d in ("fp8_e4m3", "int8") for g in GRANULARITIES]
@@ -101,6 +110,25 @@ def test_fixed_block_scale_saturates_later_rows(backend, base, max_code):
     codes = be.to_numpy(dev[0])[0, 0].view(np.uint8).astype(np.int64)
     assert (codes[1] == (max_code | 0x80 if base == "fp8_e4m3" else 256 - max_code)).all()  # -max
     assert kv.storage.decode(codes[0].astype(kv.storage.carrier))[0] * scales[0, 0] == pytest.approx(0.5, rel=2**-4)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kv_dtype", ["fp8_e4m3:per_block", "int8:per_head", "int8:per_kv_head"])
+def test_copy_on_write_copies_block_scales(backend, kv_dtype):
+    be, kv = backend_for(backend), fmt(kv_dtype)
+    rng = np.random.default_rng(3)
+    k, ks = quantize_pool(kv, rng.standard_normal((6, 2, 8, 64)))
+    v, vs = quantize_pool(kv, rng.standard_normal((6, 2, 8, 64)))
+    dev = [be.asarray(a) for a in (k, v, ks, vs)]
+    copy_blocks(be, dev[0], dev[1], np.array([[0, 4], [2, 5]]), dtype=kv_dtype, k_scales=dev[2], v_scales=dev[3])
+    moves = kv.granularity != "per_kv_head"
+    for got, before in zip(dev, (k, v, ks, vs), strict=True):
+        expect = before.copy()
+        if moves or before is k or before is v:
+            expect[[4, 5]] = before[[0, 2]]
+        assert np.array_equal(be.to_numpy(got).view(np.uint8), expect.view(np.uint8))
+    with pytest.raises(KernelInputError, match="k_scales must be a C-contiguous float32"):
+        copy_blocks(NoLaunchBackend(), k, v, np.array([[0, 4]]), dtype=kv_dtype)
 
 
 # ------------------------------------------------------------------------------------------ decode

@@ -153,21 +153,15 @@ PAGESIM_DEFINE_QUANT_CACHE_KERNEL(__half, signed char, f16_int8)
 PAGESIM_DEFINE_QUANT_CACHE_KERNEL(__nv_bfloat16, signed char, bf16_int8)
 
 // Grid (num_pairs), any block size. block_mapping [num_pairs, 2] = (src, dst) physical block ids;
-// copies K and V of every head. Type-agnostic: a block is one contiguous slab of block_bytes.
-// Destinations must be distinct and not sources of another pair (the Python side checks).
+// copies K and V of every head (or, called on the scale arrays, a block's K and V scales).
+// Type-agnostic: a block is one contiguous slab of block_bytes (a multiple of 4; 16-byte vectors
+// when a multiple of 16). Destinations must be distinct and not sources of another pair (Python checks).
 extern "C" __global__ void copy_blocks(unsigned char* __restrict__ k_cache, unsigned char* __restrict__ v_cache,
                                        const long long* __restrict__ block_mapping, long long block_bytes) {
   const long long src = block_mapping[2 * static_cast<long long>(blockIdx.x)];
   const long long dst = block_mapping[2 * static_cast<long long>(blockIdx.x) + 1];
-  const long long n = block_bytes / 16;
-  const uint4* ks = reinterpret_cast<const uint4*>(k_cache + src * block_bytes);
-  const uint4* vs = reinterpret_cast<const uint4*>(v_cache + src * block_bytes);
-  uint4* kd = reinterpret_cast<uint4*>(k_cache + dst * block_bytes);
-  uint4* vd = reinterpret_cast<uint4*>(v_cache + dst * block_bytes);
-  for (long long i = threadIdx.x; i < n; i += blockDim.x) {
-    kd[i] = ks[i];
-    vd[i] = vs[i];
-  }
+  pagesim::copy_bytes(k_cache + dst * block_bytes, k_cache + src * block_bytes, block_bytes);
+  pagesim::copy_bytes(v_cache + dst * block_bytes, v_cache + src * block_bytes, block_bytes);
 }
 
 // Swapping through a contiguous staging buffer (device memory, or pinned host memory mapped into the
