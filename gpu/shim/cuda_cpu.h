@@ -291,7 +291,10 @@ inline std::string launch(const Launch& L) {
   nworkers = static_cast<unsigned>(std::min<size_t>(nworkers, nblocks));
   std::atomic<size_t> next{0};
   std::atomic<bool> failed{false};
+  // The lowest failing block's error: blocks are taken in increasing order and a worker stops only
+  // before taking a new one, so every block below a failed one runs; the report is deterministic.
   std::string first_error;
+  size_t first_failed = SIZE_MAX;
   std::mutex mu;
   auto work = [&](unsigned worker_id) {
     Worker w;
@@ -327,7 +330,9 @@ inline std::string launch(const Launch& L) {
       }
       if (!run_block(w, static_cast<int>(nthreads))) {
         std::lock_guard<std::mutex> g(mu);
-        if (!failed.exchange(true)) {
+        failed.store(true);
+        if (b < first_failed) {
+          first_failed = b;
           char where[96];
           snprintf(where, sizeof where, "block (%u,%u,%u): ", blockIdx.x, blockIdx.y, blockIdx.z);
           first_error = where + w.error;
