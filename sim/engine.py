@@ -172,15 +172,22 @@ class Engine:
             before = np.array([b for _, _, b in out.prefills], dtype=np.int64)
         else:
             chunks = before = _EMPTY
-        if self.check:
+        ksum = bsum = None
+        if not out.decode_groups:  # only DecodeSet members decode: the latency model takes their kept sums
+            d = self.sched.dset
+            ksum = d.true_sum_ctx()
+            if self._paged:
+                bsum = d.sum_alloc // self.ops.block_size  # a member's blocks = ceil(ctx / block_size)
+        if self.check:  # BatchShape validates the arrays and that the sums match them
             return BatchShape(chunks, before, out.decode_ctx, self.ops.block_size, self.config.kv_dtype,
-                              out.decode_q)
+                              out.decode_q, decode_ctx_sum=ksum, decode_blocks_sum=bsum)
         # Hot path: the arrays are int64 and in range by construction, so skip BatchShape's
         # per-step validation (tests run with check_invariants=True, which validates every step).
         b = BatchShape.__new__(BatchShape)
         b.prefill_chunk_lens, b.prefill_context_lens, b.decode_context_lens = chunks, before, out.decode_ctx
         b.block_size, b.kv_dtype, b.num_decode_tokens_per_seq = self.ops.block_size, self.config.kv_dtype, \
             out.decode_q
+        b.decode_ctx_sum, b.decode_blocks_sum = ksum, bsum
         return b
 
     def _record_step(self, out: SchedulerOutput, start: float, dt: float) -> None:

@@ -42,7 +42,11 @@ class BatchShape:
     decode_context_lens: context length including the new token per decoding sequence (>= 1);
     num_decode_tokens_per_seq: query tokens per decoding sequence (k+1 when verifying k draft tokens);
       None means 1 each.
-    Invariants (checked on construction): equal lengths of the paired arrays, values in range.
+    decode_ctx_sum, decode_blocks_sum: optional precomputed sum(decode_context_lens) and (paged)
+      sum(ceil(L / block_size)) over it. A caller that keeps them incrementally (the engine) passes them
+      so a step costs the latency model no array work; None: computed from the array.
+    Invariants (checked on construction): equal lengths of the paired arrays, values in range, the
+    optional sums equal to the array's.
     """
 
     prefill_chunk_lens: np.ndarray
@@ -51,6 +55,8 @@ class BatchShape:
     block_size: int | None
     kv_dtype: str = "fp16"
     num_decode_tokens_per_seq: np.ndarray | None = None
+    decode_ctx_sum: int | None = None
+    decode_blocks_sum: int | None = None
 
     def __post_init__(self) -> None:
         self.prefill_chunk_lens = np.asarray(self.prefill_chunk_lens, dtype=_I64)
@@ -78,6 +84,13 @@ class BatchShape:
             if arr is not None and arr.size and arr.min() < lo:
                 bad = int(np.flatnonzero(arr < lo)[0])
                 raise SpecError(f"BatchShape: {name}[{bad}] = {int(arr[bad])} out of range (valid: >= {lo})")
+        for name, given, actual in (
+                ("decode_ctx_sum", self.decode_ctx_sum, lambda: int(dc.sum())),
+                ("decode_blocks_sum", self.decode_blocks_sum if self.block_size else None,
+                 lambda: int(decode_blocks_touched(dc, self.block_size or 0, None).sum()))):
+            if given is not None and given != actual():
+                raise SpecError(f"BatchShape: {name} = {given!r} but the arrays give {actual()} "
+                                f"(valid: the exact sum, or None)")
 
     @classmethod
     def build(cls, *, prefill: list[int] | tuple[int, ...] = (), prefill_context: list[int] | None = None,
@@ -180,6 +193,7 @@ class RooflineLatency:
         self._comm_s_per_token = (0.0 if tp == 1 else
                                   2 * m.num_layers * 2 * (tp - 1) / tp * m.hidden_size * m.weight_dtype_bytes / link)
         self._kvpt: dict[tuple[str, int], float] = {}
+        self._window = m.sliding_window
 
     def kv_bytes_per_token(self, kv_dtype: str, block_size: int) -> float:
         """KV bytes per token per GPU for this dtype (cached: called every step)."""
@@ -198,8 +212,10 @@ class RooflineLatency:
         """
         pc, dc, q = batch.prefill_chunk_lens, batch.decode_context_lens, batch.num_decode_tokens_per_seq
         n_p, n_d = pc.size, dc.size
-        w, bs = self.model.sliding_window, batch.block_size or 0
-        kvpt = self.kv_bytes_per_token(batch.kv_dtype, bs) if (n_p or (n_d and decode)) else 0.0
+        w, bs = self._window, batch.block_size or 0
+        kvpt = 0.0
+        if n_p or (n_d and decode):
+            kvpt = self._kvpt.get((batch.kv_dtype, bs)) or self.kv_bytes_per_token(batch.kv_dtype, bs)
         t_pre = t_dec = 0.0
         p_tokens = 0
         if n_p:
@@ -221,9 +237,15 @@ class RooflineLatency:
             t_pre = max(kvpt * (read + p_tokens) / self._bw, self._attn_flops * pairs / self._peak)
         d_tokens = n_d if q is None else int(q.sum())
         if n_d and decode:
-            keys = dc if w is None else np.minimum(dc, w)
-            pairs = float(keys.sum()) if q is None else float(q @ keys)
-            read = bs * float(decode_blocks_touched(dc, bs, w).sum()) if bs else float(keys.sum())
+            ksum, bsum = batch.decode_ctx_sum, batch.decode_blocks_sum
+            if ksum is not None and w is None and q is None and (bsum is not None or not bs):
+                # The caller's incremental sums: the same integers as the array path below, no NumPy.
+                pairs = float(ksum)
+                read = bs * float(bsum) if bs else pairs  # type: ignore[arg-type]
+            else:
+                keys = dc if w is None else np.minimum(dc, w)
+                pairs = float(keys.sum()) if q is None else float(q @ keys)
+                read = bs * float(decode_blocks_touched(dc, bs, w).sum()) if bs else float(keys.sum())
             t_dec = max(kvpt * (read + d_tokens) / self._bw, self._attn_flops * pairs / self._peak)
         tokens = p_tokens + d_tokens
         if tokens == 0:
@@ -278,9 +300,18 @@ class CalibratedLatency:
     def decode_features(self, batch: BatchShape) -> tuple[float, float, float, float]:
         """(1, kv_bytes, num_seqs, num_blocks_touched) of one layer's decode kernel call (per GPU)."""
         ctx, w, bs = batch.decode_context_lens, self.model.sliding_window, batch.block_size or 0
-        keys = float(ctx.sum()) if w is None else float(np.minimum(ctx, w).sum())
+        ksum, bsum = batch.decode_ctx_sum, batch.decode_blocks_sum
+        if w is None and ksum is not None:  # the caller's incremental sums (the same integers)
+            keys = float(ksum)
+        else:
+            keys = float(ctx.sum()) if w is None else float(np.minimum(ctx, w).sum())
         per_tok = self.roofline.kv_bytes_per_token(batch.kv_dtype, bs) / self.model.num_layers
-        blocks = float(decode_blocks_touched(ctx, bs, w).sum()) if bs else 0.0
+        if not bs:
+            blocks = 0.0
+        elif w is None and bsum is not None:
+            blocks = float(bsum)
+        else:
+            blocks = float(decode_blocks_touched(ctx, bs, w).sum())
         return 1.0, per_tok * keys, float(ctx.size), blocks
 
     def t_attn_decode(self, batch: BatchShape) -> float:
