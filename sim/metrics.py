@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -102,13 +103,16 @@ def memory_means(result: SimResult, end_s: float | None = None) -> dict[str, flo
     mem = result.memory
     if not mem:
         return {}
-    t = np.array([m.time_s for m in mem])
+    names = (*MEMORY_CATEGORIES, "logical_token_states", "capacity")
+    # One pass over the samples (a run keeps one per step): a row of (time, categories...) each.
+    a = np.array(list(map(attrgetter("time_s", *names), mem)), dtype=float)
+    t = a[:, 0]
     w = np.diff(np.append(t, end_s if end_s is not None else t[-1]))
     w = np.maximum(w, 0.0)
     total = w.sum()
     out: dict[str, float] = {}
-    for name in (*MEMORY_CATEGORIES, "logical_token_states", "capacity"):
-        v = np.array([getattr(m, name) for m in mem], dtype=float)
+    for i, name in enumerate(names, 1):
+        v = a[:, i]
         out[name] = float((v * w).sum() / total) if total > 0 else float(v[-1])
     return out
 

@@ -81,6 +81,15 @@ class PagedKVCache:
         self._total_cows = 0
         self.num_cache_queries = 0  # hashed blocks looked up by allocate
         self.num_cache_hits = 0  # of those, found in the cache
+        # Allocator monitoring (sim.monitor): block-table entries filled with a fresh block from the
+        # pool (copy-on-write copies included) vs. served by an existing block (prefix-cache hit or fork),
+        # and entries dropped by the sliding window.
+        self.num_blocks_allocated = 0
+        self.num_blocks_reused = 0
+        self.num_window_released = 0
+        # Ref-count histogram kept incrementally: ref value (>= 2) -> blocks with that count. Blocks at
+        # ref count 1 are the used blocks not listed here, so unshared workloads cost nothing.
+        self._shared: dict[int, int] = {}
         self._sink = op_sink
         if op_sink is not None:
             op_sink({"op": "config", "block_size": block_size, "num_blocks": num_blocks,
@@ -90,7 +99,7 @@ class PagedKVCache:
     @property
     def num_free_blocks(self) -> int:
         """Blocks at ref count 0 (cached ones included: they are evicted on demand)."""
-        return self._pool.num_free
+        return len(self._pool.free_queue)  # read every step: one call, not pool.num_free's two
 
     @property
     def num_used_blocks(self) -> int:
@@ -120,6 +129,26 @@ class PagedKVCache:
     def ref_count(self, block_id: int) -> int:
         """Current reference count of a physical block."""
         return self._pool.ref_cnt[block_id]
+
+    def ref_count_histogram(self) -> tuple[int, int, int, int, int]:
+        """Used blocks by reference count: (1, 2, 3-4, 5-8, > 8 block-table entries). O(distinct counts)."""
+        h = [0, 0, 0, 0, 0]
+        for r, n in self._shared.items():
+            h[1 if r == 2 else 2 if r <= 4 else 3 if r <= 8 else 4] += n
+        h[0] = self._pool.num_used - sum(h)
+        return h[0], h[1], h[2], h[3], h[4]
+
+    def _reref(self, old: int, new: int) -> None:
+        """A block's ref count changes from old to new (keeps the shared-block histogram)."""
+        h = self._shared
+        if old >= 2:
+            c = h[old] - 1
+            if c:
+                h[old] = c
+            else:
+                del h[old]
+        if new >= 2:
+            h[new] = h.get(new, 0) + 1
 
     # ---- queries -----------------------------------------------------------------------------
     def _table(self, seq_id: SeqId) -> BlockTable:
@@ -212,8 +241,12 @@ class PagedKVCache:
         if need - len(hits) + revived > pool.num_free:
             return False
         for b in hits:  # before taking new blocks, so eviction cannot take a hit
+            if ref[b]:
+                self._reref(ref[b], ref[b] + 1)
             pool.incref(b)
         blocks = hits + pool.get_new_blocks(need - len(hits))
+        self.num_blocks_allocated += need - len(hits)
+        self.num_blocks_reused += len(hits)
         n_hashed = 0
         if self.enable_prefix_caching and block_hashes:
             n_hashed = min(num_tokens // bs, len(block_hashes))
@@ -252,29 +285,38 @@ class PagedKVCache:
         copy of it (copy-on-write, reported in cows). block_hashes, indexed from logical block 0 like
         allocate's, registers blocks this append fills. ok=False and no change if out of blocks.
         """
-        need = self.num_new_blocks_for_append(seq_id, n)
-        pool = self._pool
-        if need > pool.num_free:
+        # num_new_blocks_for_append, inlined: this is the engine's per-block-event hot path.
+        t = self._tables.get(seq_id)
+        if t is None:
+            raise CacheError(f"unknown sequence {seq_id!r}")
+        if type(n) is not int or n < 1:
+            _count("n", n, 1, seq_id)
+        pool, bs, blocks, old = self._pool, self.block_size, t.blocks, t.num_tokens
+        new = -(-(old + n) // bs) - len(blocks)
+        partial = old % bs
+        ref = pool.ref_cnt
+        shared = partial and ref[blocks[-1]] > 1
+        if new + (1 if shared else 0) > len(pool.free_queue):
             return AppendResult(False, [])
-        t = self._tables[seq_id]
-        bs, blocks, old = self.block_size, t.blocks, t.num_tokens
         cows: list[tuple[int, int]] = []
-        if old % bs:
+        if partial:
             last = blocks[-1]
-            if pool.ref_cnt[last] > 1:
+            if shared:
                 dst = pool.get_new_block()
+                self._reref(ref[last], ref[last] - 1)
                 pool.decref(last)  # still referenced by the other holders
+                self.num_blocks_allocated += 1
                 blocks[-1] = dst
                 cows.append((last, dst))
                 self._total_cows += 1
             elif pool.block_hash[last] is not None:
                 pool.uncache_block(last)  # a rolled-back full block is about to be overwritten
-        new = -(-(old + n) // bs) - len(blocks)
         if new == 1:
             blocks.append(pool.get_new_block())
         elif new:
             blocks.extend(pool.get_new_blocks(new))
         self._num_refs += new
+        self.num_blocks_allocated += new
         t.num_tokens = old + n
         hi = 0
         if self.enable_prefix_caching and block_hashes:
@@ -294,10 +336,19 @@ class PagedKVCache:
         if child_id in self._tables:
             raise CacheError(f"fork {parent_id!r} -> {child_id!r}: sequence {child_id!r} already allocated")
         child = t.copy()
-        ref = self._pool.ref_cnt
+        ref, h = self._pool.ref_cnt, self._shared
         for b in child.blocks[child.num_dropped:]:
-            ref[b] += 1  # blocks in a table are never in the free queue
+            r = ref[b]  # >= 1: blocks in a table are never in the free queue
+            ref[b] = r + 1
+            if r >= 2:  # the histogram update of _reref, inlined (forks of long beams touch many blocks)
+                c = h[r] - 1
+                if c:
+                    h[r] = c
+                else:
+                    del h[r]
+            h[r + 1] = h.get(r + 1, 0) + 1
         self._num_refs += child.num_live_blocks
+        self.num_blocks_reused += child.num_live_blocks
         self._tables[child_id] = child
         if self._sink is not None:
             self._sink({"op": "fork", "parent": parent_id, "child": child_id})
@@ -312,6 +363,11 @@ class PagedKVCache:
         self._cached_tokens.pop(seq_id, None)
         live = t.blocks[t.num_dropped:]
         live.reverse()
+        if self._shared:
+            ref = self._pool.ref_cnt
+            for b in live:
+                if ref[b] >= 2:
+                    self._reref(ref[b], ref[b] - 1)
         self._pool.decref_all(live)
         self._num_refs -= len(live)
         if self._sink is not None:
@@ -341,6 +397,8 @@ class PagedKVCache:
                 t.num_dropped -= 1
             else:
                 self._num_refs -= 1
+                if self._shared:
+                    self._reref(self._pool.ref_cnt[b], self._pool.ref_cnt[b] - 1)
                 freed += self._pool.decref(b)
         t.num_tokens = new_tokens
         if self._sink is not None:
@@ -361,10 +419,14 @@ class PagedKVCache:
         end = first_needed_token // self.block_size
         freed = 0
         for k in range(t.num_dropped, end):
-            freed += self._pool.decref(t.blocks[k])
+            b = t.blocks[k]
+            if self._shared:
+                self._reref(self._pool.ref_cnt[b], self._pool.ref_cnt[b] - 1)
+            freed += self._pool.decref(b)
             t.blocks[k] = DROPPED
         if end > t.num_dropped:
             self._num_refs -= end - t.num_dropped
+            self.num_window_released += end - t.num_dropped
             t.num_dropped = end
         if self._sink is not None:
             self._sink({"op": "free_before", "seq": seq_id, "token": first_needed_token})
@@ -383,4 +445,9 @@ class PagedKVCache:
         for b, (want, got) in enumerate(zip(refs, pool.ref_cnt, strict=True)):
             assert want == got, f"block {b}: ref count {got} but {want} block-table references"
         assert sum(refs) == self._num_refs, f"logical block count {self._num_refs} != {sum(refs)}"
+        shared: dict[int, int] = {}
+        for r in refs:
+            if r >= 2:
+                shared[r] = shared.get(r, 0) + 1
+        assert shared == self._shared, f"shared-block histogram {self._shared} != recount {shared}"
         assert self.num_free_blocks + self.num_used_blocks == self.num_blocks
