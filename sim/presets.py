@@ -19,9 +19,10 @@ KV_DTYPES: dict[str, int] = {"fp32": 4, "fp16": 2, "bf16": 2, "fp8_e4m3": 1, "in
 # Scale granularities for the 1-byte dtypes (`"int8:per_head"`). Scales are stored as fp32 (as vLLM's
 # k_scale / v_scale), separately for K and V:
 #   per_tensor: one scale per layer for K and one for V -> no per-token cost (the default for fp8/int8);
+#   per_kv_head: one static scale per layer per KV head -> no per-token cost either;
 #   per_head:   one scale per token per KV head (a group of head_dim values) -> 4 bytes per head per token;
 #   per_block:  one scale per block per KV head -> 4 / block_size bytes per head per token.
-KV_SCALES: tuple[str, ...] = ("per_tensor", "per_head", "per_block")
+KV_SCALES: tuple[str, ...] = ("per_tensor", "per_kv_head", "per_head", "per_block")
 SCALE_BYTES = 4
 
 

@@ -54,7 +54,7 @@ def test_quantized_scales_overhead() -> None:
         m.kv_bytes_per_token("fp4")
     with pytest.raises(SpecError, match="only to fp8_e4m3/int8"):
         parse_kv_dtype("fp16:per_head")
-    with pytest.raises(SpecError, match="per_tensor, per_head, per_block"):
+    with pytest.raises(SpecError, match="per_tensor, per_kv_head, per_head, per_block"):
         parse_kv_dtype("int8:per_row")
     assert parse_kv_dtype("INT8") == ("int8", "per_tensor")
 
@@ -135,3 +135,12 @@ def test_capacity_monotone_in_utilization(u1: float, u2: float, name: str) -> No
     m, g = get_model(name), get_gpu("a100-80gb")
     lo, hi = sorted((u1, u2))
     assert kv_capacity_tokens(m, g, gpu_memory_utilization=lo) <= kv_capacity_tokens(m, g, gpu_memory_utilization=hi)
+
+
+def test_per_kv_head_scales_cost_nothing_per_token():
+    # the kernels' static per-KV-head scale (gpu.quant "per_kv_head") adds no per-token bytes
+    from sim.presets import get_model
+
+    m = get_model("llama-2-7b")
+    assert m.kv_bytes_per_token("int8:per_kv_head") == m.kv_bytes_per_token("int8") == 256 * 1024
+    assert m.kv_bytes_per_token("int8:per_head") > m.kv_bytes_per_token("int8:per_kv_head")
