@@ -99,24 +99,21 @@ class DecodeSet:
     def leave(self, s: int) -> None:
         """Remove a member; its table counters become exact."""
         self.materialize()
-        del self.members[s]
+        e = self.members.pop(s)
         self._stale = True
-        self.sum_ctx -= int(self.t.ctx[s])
+        t = self.t
+        if self.b:  # drop its crossing event now, so crossing_count needs no liveness filter
+            self._cross[int(t.nblk[s]) * self.b - int(t.ctx[s]) + self.sched + 1].remove((s, e))
+        self.sum_ctx -= int(t.ctx[s])
         a, c = self._alloc_capf(s)
         self.sum_alloc -= a
         self.sum_capf -= c
 
     # ---- a step -------------------------------------------------------------------------------
     def crossing_count(self) -> int:
-        """Members whose append in the next scheduled step needs a new block (stale events dropped)."""
+        """Members whose append in the next scheduled step needs a new block."""
         lst = self._cross.get(self.sched + 1)
-        if not lst:
-            return 0
-        members = self.members
-        live = [x for x in lst if members.get(x[0]) == x[1]]
-        if len(live) != len(lst):
-            self._cross[self.sched + 1] = live
-        return len(live)
+        return len(lst) if lst else 0  # leave() removes a member's crossing event
 
     def advance(self, append: Callable[[int, int], None]) -> np.ndarray:
         """Schedule one step: every member appends a token; crossing members get a block through
@@ -169,6 +166,8 @@ class DecodeSet:
         assert self.sum_capf == int(np.minimum(alloc, t.final[s]).sum()), "sum_capf drifted"
         fins = {x for k, v in self._fin.items() if k > self.done for x in v}
         crosses = {x for k, v in self._cross.items() if k > self.sched for x in v}
+        assert all(self.members.get(x[0]) == x[1] for v in self._cross.values() for x in v), "stale crossing event"
+        assert sum(map(len, self._cross.values())) == (len(self.members) if self.b else 0), "crossing events drifted"
         for slot, e in self.members.items():
             assert (slot, e) in fins, f"member slot {slot} has no finish event"
             assert not self.b or (slot, e) in crosses, f"member slot {slot} has no crossing event"
