@@ -8,7 +8,7 @@ results ("paged-16", "contig-pow2-best_fit"); `resolve` turns a SimConfig into c
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from sim.request import SpecError
@@ -83,7 +83,11 @@ class SchedulerConfig:
       chunked prefill, else max(max_model_len, 2048) as vLLM. Must be >= max_num_seqs.
     chunked_prefill: split prompts into chunks that fill the token budget left after decodes.
     preemption_mode: "recompute" (free, requeue at the head of the queue) or "swap" (to the CPU pool).
-    cpu_swap_space_gb: CPU swap pool size in GiB (swap mode).
+    cpu_swap_space_gb: CPU swap pool size in GiB (swap mode; sized in blocks of the run's KV dtype).
+    swap_prefetch: swap a group back in on a copy stream that overlaps the step's forward pass (the
+      transfer is hidden when it is no longer than the step's compute); False: the swap-in transfer
+      is on the step's critical path, as in vLLM v0.
+    pcie_bandwidth_gbps: host<->device copy rate, GB/s one way (None: the GPU preset's PCIe figure).
     too_long: a request with prompt + output > max_model_len is "reject"ed (recorded, skipped),
       "truncate"d (output cut to fit; prompt >= max_model_len still rejected) or an "error" (SpecError).
     beam_switch_prob, beam_switch_halflife: the beam-search survival model. After g generated tokens
@@ -98,6 +102,8 @@ class SchedulerConfig:
     chunked_prefill: bool = False
     preemption_mode: str = "recompute"
     cpu_swap_space_gb: float = 4.0
+    swap_prefetch: bool = False
+    pcie_bandwidth_gbps: float | None = None
     too_long: str = "reject"
     beam_switch_prob: float = 0.5
     beam_switch_halflife: float = 10.0
@@ -115,6 +121,11 @@ class SchedulerConfig:
             raise _bad("scheduler.preemption_mode", ", ".join(PREEMPTION_MODES), self.preemption_mode)
         if not _is_num(self.cpu_swap_space_gb) or self.cpu_swap_space_gb < 0:
             raise _bad("scheduler.cpu_swap_space_gb", "GiB >= 0", self.cpu_swap_space_gb)
+        if not isinstance(self.swap_prefetch, bool):
+            raise _bad("scheduler.swap_prefetch", "true or false", self.swap_prefetch)
+        if self.pcie_bandwidth_gbps is not None and (not _is_num(self.pcie_bandwidth_gbps)
+                                                     or self.pcie_bandwidth_gbps <= 0):
+            raise _bad("scheduler.pcie_bandwidth_gbps", "None or GB/s > 0", self.pcie_bandwidth_gbps)
         if self.too_long not in TOO_LONG_RULES:
             raise _bad("scheduler.too_long", ", ".join(TOO_LONG_RULES), self.too_long)
         if not _is_num(self.beam_switch_prob) or not 0.0 <= self.beam_switch_prob <= 1.0:
@@ -138,6 +149,9 @@ class SimConfig:
       (sim.presets.kv_capacity_tokens with gpu_memory_utilization and kv_dtype).
     max_model_len: None: the model's. latency: None = roofline, else a parameters JSON path or dict,
       or any object with `name` and `step_time(BatchShape) -> float` (a sim.latency.LatencyModel).
+    sliding_window: None: the model's attention window (e.g. 4096 for Mistral-7B); 0: no window; W >= 1:
+      attend to the last W tokens (overrides the model's, for the latency model and the cache alike).
+      The paged cache releases blocks that fall out of the window; contiguous caches keep them.
     memory_sample_interval_s: None samples memory at every step; a positive value samples at most once
       per interval (each sample then stands for the time until the next one), bounding memory for huge runs.
     record_steps: keep one StepRecord per step (turn off for huge runs; summaries still use every step).
@@ -151,6 +165,7 @@ class SimConfig:
     gpu_memory_utilization: float = 0.9
     kv_dtype: str = "fp16"
     max_model_len: int | None = None
+    sliding_window: int | None = None
     latency: Any = None
     memory_sample_interval_s: float | None = None
     record_steps: bool = True
@@ -171,6 +186,8 @@ class SimConfig:
             raise _bad("gpu_memory_utilization", "(0, 1]", self.gpu_memory_utilization)
         if self.max_model_len is not None and (not _is_int(self.max_model_len) or self.max_model_len < 2):
             raise _bad("max_model_len", "None or integer >= 2", self.max_model_len)
+        if self.sliding_window is not None and (not _is_int(self.sliding_window) or self.sliding_window < 0):
+            raise _bad("sliding_window", "None (the model's), 0 (none) or tokens >= 1", self.sliding_window)
         if self.memory_sample_interval_s is not None and (
                 not _is_num(self.memory_sample_interval_s) or self.memory_sample_interval_s <= 0):
             raise _bad("memory_sample_interval_s", "None or seconds > 0", self.memory_sample_interval_s)
@@ -189,7 +206,7 @@ class SimConfig:
                         **asdict(self.cache)}
         out["scheduler"] = asdict(self.scheduler)
         for name in ("kv_capacity_tokens", "gpu_memory_utilization", "kv_dtype", "max_model_len",
-                     "memory_sample_interval_s", "record_steps"):
+                     "sliding_window", "memory_sample_interval_s", "record_steps"):
             out[name] = getattr(self, name)
         out["system"] = system_label(self.cache)
         return out
@@ -220,6 +237,8 @@ class Resolved:
     num_blocks: int  # paged: capacity // block_size; contiguous: 0
     block_size: int  # paged: block size; contiguous: 0
     cpu_swap_blocks: int  # paged swap pool in blocks (0 for contiguous)
+    window: int | None = None  # attention window in tokens, None when it never binds (>= max_model_len)
+    pcie_bandwidth_Bps: float = 0.0  # swap transfer rate, one way
 
 
 def resolve(config: SimConfig) -> Resolved:
@@ -228,6 +247,8 @@ def resolve(config: SimConfig) -> Resolved:
 
     model = get_model(config.model)
     gpu = get_gpu(config.gpu)
+    if config.sliding_window is not None:  # the override reaches the latency model through the spec
+        model = replace(model, sliding_window=config.sliding_window or None)
     paged = isinstance(config.cache, PagedCacheSpec)
     bs = config.cache.block_size if isinstance(config.cache, PagedCacheSpec) else None
     kvb = model.kv_bytes_per_token(config.kv_dtype, block_size=bs)
@@ -246,6 +267,10 @@ def resolve(config: SimConfig) -> Resolved:
         swap_blocks = int(config.scheduler.cpu_swap_space_gb * (1 << 30) // (kvb * b))
     else:
         b, num_blocks, swap_blocks = 0, 0, 0
+    w = model.sliding_window
+    pcie = config.scheduler.pcie_bandwidth_gbps
     return Resolved(model=model, gpu=gpu, capacity_tokens=cap, max_model_len=mml,
                     token_budget=config.scheduler.token_budget(mml), kv_bytes_per_token=kvb,
-                    num_blocks=num_blocks, block_size=b if paged else 0, cpu_swap_blocks=swap_blocks)
+                    num_blocks=num_blocks, block_size=b if paged else 0, cpu_swap_blocks=swap_blocks,
+                    window=w if w is not None and w < mml else None,
+                    pcie_bandwidth_Bps=pcie * 1e9 if pcie is not None else gpu.pcie_bandwidth_Bps)

@@ -1,8 +1,9 @@
 """Single-sequence decodes advanced lazily: the common case costs O(1) per step plus O(1) per event.
 
 Every member decodes one token per step, so its counters are `stored value + steps since the last
-mark`. Only block-boundary crossings (a new block every block_size tokens) and finishes are events,
-found in dicts keyed by the step they happen in. The per-step context array the latency model needs
+mark`. Only block-boundary crossings (a new block every block_size tokens), sliding-window releases
+(a leading block every block_size tokens once past the window) and finishes are events, found in
+dicts keyed by the step they happen in. The per-step context array the latency model needs
 is one vector add; memory sums are kept incrementally.
 """
 
@@ -26,12 +27,14 @@ class DecodeSet:
     `done` completed ones (sched == done + 1 while a step is in flight). Members join only between
     steps (so they decode in every step counted since they joined).
     Invariants (check_invariants): sums equal the members' true values; each member has one live
-    crossing event (paged) and one finish event, at future steps.
+    crossing event (paged), one release event (paged with a window) and one finish event, at future
+    steps.
     """
 
-    def __init__(self, table: SeqTable, block_size: int) -> None:
+    def __init__(self, table: SeqTable, block_size: int, window: int | None = None) -> None:
         self.t = table
         self.b = block_size  # 0: contiguous, no crossings
+        self.w = window if block_size else None  # paged sliding window: release events
         self.sched = 0
         self.done = 0
         self.ctx_mark = 0
@@ -40,12 +43,14 @@ class DecodeSet:
         self._epochs = count()
         self._cross: dict[int, list[tuple[int, int]]] = {}
         self._fin: dict[int, list[tuple[int, int]]] = {}
+        self._rel: dict[int, list[tuple[int, int]]] = {}
         self._slots = _EMPTY
         self._base = _EMPTY
         self._stale = False
         self.sum_ctx = 0  # of table.ctx (stored values), true sum adds n * (sched - ctx_mark)
         self.sum_alloc = 0  # paged: nblk * b; contiguous: share
         self.sum_capf = 0  # sum of min(alloc, final)
+        self.sum_drop = 0  # paged window: blocks released (live sums subtract sum_drop * b)
 
     def __len__(self) -> int:
         return len(self.members)
@@ -61,6 +66,11 @@ class DecodeSet:
             self._base = self.t.ctx[self._slots] - self.ctx_mark
             self._stale = False
         return self._slots
+
+    def true_ctx(self) -> np.ndarray:
+        """The members' true ctx (slots() order)."""
+        s = self.slots()
+        return self.t.ctx[s] + (self.sched - self.ctx_mark) if s.size else _EMPTY
 
     def materialize(self) -> None:
         """Write the members' true ctx and gen into the table (before any member changes)."""
@@ -95,6 +105,11 @@ class DecodeSet:
         if self.b:  # the step whose append finds the last block full
             self._cross.setdefault(int(t.nblk[s]) * self.b - ctx + self.sched + 1, []).append((s, e))
         self._fin.setdefault(int(t.olen[s]) - gen + self.done, []).append((s, e))
+        if self.w is not None:  # the first step whose query leaves block drop+1 behind (at least the next)
+            d = int(t.drop[s])
+            self.sum_drop += d
+            j = self.w + (d + 1) * self.b - ctx
+            self._rel.setdefault(self.sched + max(1, j), []).append((s, e))
 
     def leave(self, s: int) -> None:
         """Remove a member; its table counters become exact."""
@@ -108,8 +123,33 @@ class DecodeSet:
         a, c = self._alloc_capf(s)
         self.sum_alloc -= a
         self.sum_capf -= c
+        if self.w is not None:
+            self.sum_drop -= int(self.t.drop[s])
 
     # ---- a step -------------------------------------------------------------------------------
+    def release_due(self, release: Callable[[int, int, int], None]) -> None:
+        """Sliding window, before the next step is scheduled: members whose query in that step (at
+        position ctx - 1, ctx counting its token) leaves a whole block behind call
+        `release(slot, first needed token, tokens stored before the step)`, which must set their
+        table `drop` (KVOps.release_window); each gets its next release event."""
+        d = self.sched + 1
+        lst = self._rel.pop(d, None)
+        if not lst:
+            return
+        t, b, w, members = self.t, self.b, self.w, self.members
+        assert w is not None
+        ctx, drop = t.ctx, t.drop
+        off = d - self.ctx_mark
+        for s, e in lst:
+            if members.get(s) != e:
+                continue
+            c = ctx.item(s) + off  # true ctx in step d
+            old = drop.item(s)
+            if (c - w) // b > old:
+                release(s, c - w, c - 1)
+                self.sum_drop += drop.item(s) - old
+            self._rel.setdefault(d + w + (drop.item(s) + 1) * b - c, []).append((s, e))
+
     def crossing_count(self) -> int:
         """Members whose append in the next scheduled step needs a new block."""
         lst = self._cross.get(self.sched + 1)
@@ -164,6 +204,11 @@ class DecodeSet:
         assert self.sum_ctx == int(t.ctx[s].sum()), f"sum_ctx {self.sum_ctx} != {int(t.ctx[s].sum())}"
         assert self.sum_alloc == int(alloc.sum()), "sum_alloc drifted"
         assert self.sum_capf == int(np.minimum(alloc, t.final[s]).sum()), "sum_capf drifted"
+        if self.w is not None:
+            assert self.sum_drop == int(t.drop[s].sum()), f"sum_drop {self.sum_drop} != {int(t.drop[s].sum())}"
+            rels = {x for k, v in self._rel.items() if k > self.sched for x in v}
+            for slot, e in self.members.items():
+                assert (slot, e) in rels, f"member slot {slot} has no window-release event"
         fins = {x for k, v in self._fin.items() if k > self.done for x in v}
         crosses = {x for k, v in self._cross.items() if k > self.sched for x in v}
         assert all(self.members.get(x[0]) == x[1] for v in self._cross.values() for x in v), "stale crossing event"

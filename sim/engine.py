@@ -2,9 +2,9 @@
 
 One SimPy process walks the workload in arrival order and queues each request (a timeout per
 distinct arrival time); cancel times are timeouts whose callbacks abort the request at once. The
-step loop asks the scheduler for a batch, samples memory, advances the clock by the latency model's
-step time (plus swap transfers) with one timeout, then applies the step. No I/O: the op log goes to
-the caller's `op_sink`.
+step loop asks the scheduler for a batch, samples memory (and the allocator monitor), advances the
+clock by the latency model's step time plus the swap transfers on its critical path with one
+timeout, then applies the step. No I/O: the op log goes to the caller's `op_sink`.
 """
 
 from __future__ import annotations
@@ -23,12 +23,14 @@ from sim.latency import BatchShape, LatencyModel, load_latency_model
 from sim.lifecycle import abort_group, admit_request, complete_step
 from sim.memory_breakdown import Breakdown, from_sums
 from sim.metrics import StepTotals, request_record, summarize
+from sim.monitor import Monitor
 from sim.paged_cache import PagedKVCache
 from sim.request import RequestSpec, SpecError
 from sim.results import MemorySample, SimResult, StepRecord
 from sim.scheduler import Scheduler, SchedulerOutput
-from sim.sequence import CTX, FINAL, NBLK, REJECTED, SHARE, SPEC, SeqGroup, SeqTable
-from sim.swap import SwapSpace
+from sim.sequence import CTX, DROP, FINAL, NBLK, REJECTED, SHARE, SPEC, SeqGroup, SeqTable
+from sim.swap import SwapSpace, overlap_swap_in
+from sim.window import stale_sums
 
 _EMPTY = np.zeros(0, dtype=np.int64)
 
@@ -72,21 +74,27 @@ class Engine:
             cs = config.cache
             cache = PagedKVCache(res.num_blocks, cs.block_size, watermark=cs.watermark,
                                  enable_prefix_caching=cs.prefix_caching, op_sink=op_sink)
-            swap = SwapSpace(res.cpu_swap_blocks, cs.block_size * res.kv_bytes_per_token,
-                             res.gpu.pcie_bandwidth_Bps)
+            swap = SwapSpace(res.cpu_swap_blocks, cs.block_size * res.kv_bytes_per_token, res.pcie_bandwidth_Bps)
             self.capacity = res.num_blocks * cs.block_size
+            unit_bytes = cs.block_size * res.kv_bytes_per_token
         else:
             assert isinstance(config.cache, ContiguousCacheSpec)
             cache = ContiguousKVCache(res.capacity_tokens, policy=config.cache.policy,
                                       placement=config.cache.placement, max_model_len=res.max_model_len,
                                       op_sink=op_sink)
             self.capacity = res.capacity_tokens
+            unit_bytes = res.kv_bytes_per_token
         self.cache = cache
         self._paged = isinstance(cache, PagedKVCache)
         self._record = config.record_steps
-        self.ops = KVOps(cache, SeqTable(), max_model_len=res.max_model_len)
+        self.window = res.window  # None unless a sliding window binds below max_model_len
+        self.ops = KVOps(cache, SeqTable(), max_model_len=res.max_model_len, window=res.window)
         self.sched = Scheduler(self.ops, config.scheduler, token_budget=res.token_budget, swap=swap,
                                rng=self.rng)
+        self.monitor = Monitor(self.ops, swap, unit_bytes=unit_bytes)
+        self.prefetch = config.scheduler.swap_prefetch
+        self.swap_exposed_s = self.swap_hidden_s = 0.0  # PCIe time on / off the steps' critical path
+        self.num_prefetches = self.num_prefetch_hidden = 0
         self.groups: list[SeqGroup] = []
         self.steps: list[StepRecord] = []
         self.memory: list[MemorySample] = []
@@ -157,8 +165,12 @@ class Engine:
             if iv is None or now - self._last_sample >= iv:
                 self._sample(now)
                 if self.check:  # the inlined categories agree with sim.memory_breakdown
-                    assert self.memory[-1] == self.measure().sample(now), "inlined breakdown drifted"
-            dt = step_time(batch(out)) + out.swap_time_s
+                    bd = self.measure()
+                    bd.check_invariants()
+                    assert self.memory[-1] == bd.sample(now), "inlined breakdown drifted"
+            dt = step_time(batch(out))
+            if out.swap_time_s:
+                dt = self._swap_time(out, dt)
             record(out, now, dt)
             yield timeout(dt)
             complete_step(s, out, env.now)
@@ -190,6 +202,21 @@ class Engine:
         b.decode_ctx_sum, b.decode_blocks_sum = ksum, bsum
         return b
 
+    def _swap_time(self, out: SchedulerOutput, compute: float) -> float:
+        """The step's duration with its swaps: a swap-out precedes the forward pass (the blocks it frees
+        are written by it); a swap-in is on the critical path, or with prefetch overlaps the forward
+        pass on a copy stream and only its part beyond the compute time extends the step."""
+        exposed_in, hidden = out.swap_in_s, 0
+        if self.prefetch and out.swap_in_s:
+            exposed_in, hidden = overlap_swap_in(out.swap_in_groups_s, compute)
+            self.num_prefetches += len(out.swap_in_groups_s)
+            self.num_prefetch_hidden += hidden
+        out.swap_hidden = hidden
+        out.swap_exposed_s = out.swap_out_s + exposed_in
+        self.swap_exposed_s += out.swap_exposed_s
+        self.swap_hidden_s += out.swap_in_s - exposed_in
+        return compute + out.swap_exposed_s
+
     def _record_step(self, out: SchedulerOutput, start: float, dt: float) -> None:
         bs = len(out.prefills) + out.decode_ctx.size
         if not self._record:  # running sums only (with records they are rebuilt from them at the end)
@@ -201,9 +228,16 @@ class Engine:
             used = c.num_blocks - free
         else:
             used, free = c.used_slots, c.free_slots
-        self.steps.append(StepRecord(len(self.steps), start, dt, bs, out.num_prefill_tokens,
-                                     out.num_decode_tokens, used, free, out.num_cows, out.swap_out_blocks,
-                                     out.swap_in_blocks, len(out.preempted), len(self.sched.waiting)))
+        alloc, reused, released = self.monitor.step_deltas()
+        rec = StepRecord(len(self.steps), start, dt, bs, out.num_prefill_tokens, out.num_decode_tokens, used, free,
+                         out.num_cows, out.swap_out_blocks, out.swap_in_blocks, len(out.preempted),
+                         len(self.sched.waiting), alloc, reused, released)
+        if out.swap_time_s:
+            bb = self.sched.swap.block_bytes if self.sched.swap is not None else 0.0
+            rec.swap_out_bytes, rec.swap_in_bytes = out.swap_out_blocks * bb, out.swap_in_blocks * bb
+            rec.swap_s, rec.swap_hidden_s = out.swap_exposed_s, out.swap_time_s - out.swap_exposed_s
+            rec.num_prefetch_hidden = out.swap_hidden
+        self.steps.append(rec)
 
     def _track_fragmentation(self, out: SchedulerOutput, now: float) -> None:
         if out.blocked == "later_fragmented":
@@ -227,9 +261,11 @@ class Engine:
             return min(c.num_free_blocks, c.watermark_blocks) * c.block_size
         return c.external_fragmentation(waiting_need)
 
-    def _memory_sums(self) -> tuple[int, int, int, int, int, int, int]:
+    def _memory_sums(self) -> tuple[int, int, int, int, int, int, int, int, int]:
         """(sum ctx, sum drafts, sum allocated, sum min(allocated, final), used slots, external
-        fragmentation, used blocks) over the running sequences, for the memory breakdown."""
+        fragmentation, used blocks, stale slots logical, stale slots physical) over the running
+        sequences, for the memory breakdown. With a sliding window the per-sequence sums count only
+        held blocks (tokens from drop * block_size on)."""
         s = self.sched
         need = 0
         if s.waiting:
@@ -237,35 +273,47 @@ class Engine:
             need = h.prefill_target if self._paged else self.ops.reservation(h)
         ext = self.external_frag(need) if need else 0
         d = s.dset  # single decoding sequences: sums kept incrementally
-        sum_ctx, sum_spec, sum_alloc, sum_capf = d.true_sum_ctx(), 0, d.sum_alloc, d.sum_capf
         b = self.ops.block_size
+        dropped = d.sum_drop * b
+        sum_ctx, sum_spec, sum_alloc, sum_capf = d.true_sum_ctx() - dropped, 0, d.sum_alloc - dropped, \
+            d.sum_capf - dropped
         if s._others:
             t = self.ops.table
             m = t.data[:, s.other_slots()]
             sums = m.sum(axis=1).tolist()
-            alloc = m[NBLK] * b if self._paged else m[SHARE]
-            sum_ctx += sums[CTX]
+            dt = sums[DROP] * b
+            sum_ctx += sums[CTX] - dt
             sum_spec += sums[SPEC]
-            sum_alloc += sums[NBLK] * b if self._paged else sums[SHARE]
-            sum_capf += int(np.minimum(alloc, m[FINAL]).sum())
+            if self._paged:
+                alloc = (m[NBLK] - m[DROP]) * b
+                sum_alloc += (sums[NBLK] - sums[DROP]) * b
+                sum_capf += int(np.minimum(alloc, m[FINAL] - m[DROP] * b).sum())
+            else:
+                sum_alloc += sums[SHARE]
+                sum_capf += int(np.minimum(m[SHARE], m[FINAL]).sum())
+        stl = stp = 0
+        if self.window is not None and (s.running or d.members):
+            stl, stp = stale_sums(s, self.window)
         c = self.cache
         if isinstance(c, PagedKVCache):
             used_blocks = c.num_blocks - c.num_free_blocks
-            return sum_ctx, sum_spec, sum_alloc, sum_capf, used_blocks * b, ext, used_blocks
-        return sum_ctx, sum_spec, sum_alloc, sum_capf, c.used_slots, ext, 0
+            return sum_ctx, sum_spec, sum_alloc, sum_capf, used_blocks * b, ext, used_blocks, stl, stp
+        return sum_ctx, sum_spec, sum_alloc, sum_capf, c.used_slots, ext, 0, stl, stp
 
     def measure(self) -> Breakdown:
         """The memory breakdown now (running sequences, cache occupancy, the head waiting request)."""
-        sc, ss, sa, sf, used, ext, used_blocks = self._memory_sums()
-        bd = from_sums(sc, ss, sa, sf, used_slots=used, capacity=self.capacity, external_frag=ext)
+        sc, ss, sa, sf, used, ext, used_blocks, stl, stp = self._memory_sums()
+        bd = from_sums(sc, ss, sa, sf, used_slots=used, capacity=self.capacity, external_frag=ext,
+                       stale_logical=stl, stale_physical=stp)
         if self._paged:
             bd.logical_blocks, bd.physical_blocks = sa // self.ops.block_size, used_blocks
         return bd
 
     def _sample(self, now: float) -> None:
-        """Append a memory sample at `now` (replacing one taken at the same instant)."""
+        """Append a memory sample (and an allocator-monitor sample) at `now`, replacing ones taken at
+        the same instant."""
         self._last_sample = now
-        sc, ss, sa, sf, used, ext, used_blocks = self._memory_sums()
+        sc, ss, sa, sf, used, ext, used_blocks, stl, stp = self._memory_sums()
         logical = sc - ss
         free = self.capacity - used
         mem = self.memory
@@ -274,24 +322,31 @@ class Engine:
             if self._blocks:
                 self._blocks.pop()
         # The categories of sim.memory_breakdown.from_sums, inlined on this per-step path.
-        mem.append(MemorySample(now, float(used - (sa - logical)), float(sf - sc), float(sa - sf), float(ss),
-                                float(ext), float(free - ext), float(logical), float(self.capacity)))
+        sample = MemorySample(now, float(used - (sa - logical) - stp), float(sf - sc), float(sa - sf + stp),
+                              float(ss), float(ext), float(free - ext), float(logical - stl), float(self.capacity))
+        mem.append(sample)
+        self.monitor.sample(now, sample)
         if self._paged:
             self._blocks.append((now, sa // self.ops.block_size, used_blocks))
 
     def check_invariants(self) -> None:
-        """Scheduler, cache and memory-breakdown invariants (AssertionError naming what broke)."""
+        """Scheduler, cache and block-count invariants (AssertionError naming what broke).
+
+        The breakdown's own invariants are checked at each memory sample (check mode), i.e. after
+        scheduling: between complete_step and the next schedule freshly forked sequences still share
+        a partly filled last block (copied at their next append), which the per-sequence sums of the
+        breakdown do not model, and sliding-window blocks are released only at the next schedule.
+        """
         self.sched.check_invariants()
         self.cache.check_invariants()
         bd = self.measure()
-        bd.check_invariants()
         c = self.cache
         if isinstance(c, PagedKVCache):
             t = self.ops.table
             running = [x for g in self.sched.running for x in g.slots]
-            assert bd.logical_blocks == int(t.nblk[running].sum()) == c.num_logical_blocks(), \
-                f"logical blocks {bd.logical_blocks} vs table {int(t.nblk[running].sum())} vs cache " \
-                f"{c.num_logical_blocks()}"
+            live = int((t.nblk[running] - t.drop[running]).sum())
+            assert bd.logical_blocks == live == c.num_logical_blocks(), \
+                f"logical blocks {bd.logical_blocks} vs table {live} vs cache {c.num_logical_blocks()}"
             assert bd.physical_blocks == c.num_used_blocks
 
     # ---- run ----------------------------------------------------------------------------------
@@ -309,18 +364,22 @@ class Engine:
                    kv_bytes_per_token=self.res.kv_bytes_per_token, model=self.res.model.name,
                    gpu=self.res.gpu.name, latency_model=self.latency.name)
         result = SimResult(system=system_label(self.config.cache), config=cfg, requests=records,
-                           steps=self.steps, memory=self.memory)
+                           steps=self.steps, memory=self.memory, monitor=self.monitor.samples)
         totals = StepTotals.from_steps(result) if self._record else self.totals
         result.summary = summarize(result, totals=totals, end_s=end)
-        result.summary.update(self._extras(end))
+        result.summary.update(self._extras(end, result.summary["duration_s"]))
         return result
 
-    def _extras(self, end: float) -> dict[str, Any]:
+    def _extras(self, end: float, duration: float) -> dict[str, Any]:
         s, c = self.sched, self.cache
         out: dict[str, Any] = {
             "frag_wait_s": self.frag_wait_s,
             "num_swap_fallbacks": s.num_swap_fallbacks,
             "capacity_tokens": self.capacity,
+            "kv_dtype": self.config.kv_dtype,
+            "kv_bytes_per_token": self.res.kv_bytes_per_token,
+            "sliding_window": self.res.model.sliding_window or 0,
+            **self.monitor.totals(end, duration),
         }
         if isinstance(c, PagedKVCache):
             logical = physical = 0.0
@@ -332,8 +391,14 @@ class Engine:
             out["prefix_cache_hit_rate"] = (c.num_cache_hits / c.num_cache_queries
                                             if c.num_cache_queries else float("nan"))
             assert s.swap is not None
-            out["swap_out_blocks"] = s.swap.total_out
-            out["swap_in_blocks"] = s.swap.total_in
+            sw = s.swap
+            out.update(swap_out_blocks=sw.total_out, swap_in_blocks=sw.total_in, swap_out_bytes=sw.bytes_out,
+                       swap_in_bytes=sw.bytes_in, swap_out_s=sw.transfer_time(sw.total_out),
+                       swap_in_s=sw.transfer_time(sw.total_in), swap_exposed_s=self.swap_exposed_s,
+                       swap_hidden_s=self.swap_hidden_s, num_prefetches=self.num_prefetches,
+                       num_prefetch_hidden=self.num_prefetch_hidden,
+                       prefetch_hidden_pct=(100.0 * self.num_prefetch_hidden / self.num_prefetches
+                                            if self.num_prefetches else float("nan")))
         return out
 
 

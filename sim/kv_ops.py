@@ -25,9 +25,13 @@ def cdiv(a: int, b: int) -> int:
 
 
 class KVOps:
-    """Binds a cache and the SeqTable; `paged` tells which cache kind is behind it."""
+    """Binds a cache and the SeqTable; `paged` tells which cache kind is behind it.
 
-    def __init__(self, cache: Any, table: SeqTable, *, max_model_len: int) -> None:
+    window: the attention window in tokens (None: full attention). The paged cache then releases a
+    sequence's leading blocks once no query of it attends them any more (release_window).
+    """
+
+    def __init__(self, cache: Any, table: SeqTable, *, max_model_len: int, window: int | None = None) -> None:
         self.cache = cache
         self.table = table
         self.paged = isinstance(cache, PagedKVCache)
@@ -35,7 +39,9 @@ class KVOps:
             raise TypeError(f"unsupported cache type {type(cache).__name__}")
         self.block_size = cache.block_size if self.paged else 0
         self.max_model_len = max_model_len
+        self.window = window
         self.cows_ignored = 0  # copies made while rebuilding a swapped-in group (not real CoW)
+        self.slots_allocated = 0  # contiguous: slots reserved so far (the allocator monitor's allocations)
 
     # ---- sizes --------------------------------------------------------------------------------
     def reservation(self, g: SeqGroup) -> int:
@@ -99,6 +105,7 @@ class KVOps:
         if not self.cache.allocate(sid, size):
             raise CacheError(f"allocate of {sid!r} ({size} slots) failed after can_allocate said OK")
         g.extent = self.cache.allocated(sid)[1]  # buddy placement may round up
+        self.slots_allocated += g.extent
         # Until the other sequences fork off, the first one stands for the whole group.
         t.share[s] = g.extent
         t.final[s] *= g.num_seqs
@@ -174,8 +181,42 @@ class KVOps:
     def group_blocks(self, g: SeqGroup) -> int:
         """Paged: physical blocks the group holds (shared ones once)."""
         if len(g.slots) == 1:
-            return int(self.table.nblk[g.slots[0]])
+            s = g.slots[0]
+            return int(self.table.nblk[s] - self.table.drop[s])
         return self.cache.unique_blocks(g.seq_ids)
+
+    # ---- sliding window -----------------------------------------------------------------------
+    def release_window(self, s: int, sid: object, first_needed: int, stored: int) -> int:
+        """Paged, sliding window: release the sequence's leading blocks that lie entirely before token
+        `first_needed` (the first key its next query attends). `stored`: the tokens it holds now (its
+        true count: a lazily reported sequence is synced first when a released block reaches beyond
+        what the cache was told). Returns the blocks dropped from its table (shared ones included)."""
+        b, t = self.block_size, self.table
+        target = min(first_needed, stored) // b
+        d = int(t.drop[s])
+        if target <= d:
+            return 0
+        if target * b > t.synced[s]:  # only when the window is shorter than a block
+            lag = stored - int(t.synced[s])
+            if not self.cache.append(sid, lag).ok:  # cannot happen: the lag stays in the last block
+                raise CacheError(f"sync of {lag} tokens to {sid!r} before a window release needed a block")
+            t.synced[s] = stored
+        self.cache.free_blocks_before(sid, target * b)
+        t.drop[s] = target
+        return target - d
+
+    def release_group_window(self, g: SeqGroup) -> int:
+        """Window release for every sequence of a group before a decode step (their next query sits at
+        position ctx); returns table entries dropped."""
+        w, t = self.window, self.table
+        if w is None:
+            return 0
+        n = 0
+        for s, sid in zip(g.slots, g.seq_ids, strict=True):
+            c = int(t.ctx[s])
+            if c - w + 1 >= (int(t.drop[s]) + 1) * self.block_size:
+                n += self.release_window(s, sid, c - w + 1, c)
+        return n
 
     # ---- decode steps of multi-sequence / speculative groups -----------------------------------
     def draft_len(self, g: SeqGroup, slot: int) -> int:
@@ -217,7 +258,10 @@ class KVOps:
 
     # ---- swap ---------------------------------------------------------------------------------
     def restore_blocks(self, g: SeqGroup) -> int:
-        """Blocks a swapped-out group needs to be rebuilt (prompt's full blocks shared by its seqs)."""
+        """Blocks a swapped-out group needs to be rebuilt (prompt's full blocks shared by its seqs).
+
+        With a sliding window this is the rebuild's transient peak: the whole context is allocated
+        before the blocks outside the window are released again (see restore)."""
         t, b = self.table, self.block_size
         need = sum(cdiv(int(t.ctx[s]), b) for s in g.slots)
         if len(g.slots) > 1:
@@ -243,6 +287,10 @@ class KVOps:
                 self.cows_ignored += len(res.cows)
             t.synced[s] = t.ctx[s]
             t.nblk[s] = cdiv(int(t.ctx[s]), self.block_size)
+            t.drop[s] = 0
+        # Sliding window: the rebuild held the whole context for a moment (restore_blocks counts that);
+        # the blocks outside the window go again at once and are not transferred.
+        self.release_group_window(g)
         return c.num_used_blocks - before
 
 

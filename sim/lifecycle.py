@@ -175,7 +175,7 @@ def finish_group(s: Scheduler, g: SeqGroup, now: float, status: str, reason: str
     t, ops = s.table, s.ops
     if g.status == RUNNING:
         if g.simple and ops.paged:
-            g.peak_blocks = max(g.peak_blocks, int(t.nblk[g.slots[0]]))
+            g.peak_blocks = max(g.peak_blocks, int(t.nblk[g.slots[0]] - t.drop[g.slots[0]]))
         ops.free_group(g)
         s.remove_running(g)
     elif g.status == WAITING:

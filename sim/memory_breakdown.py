@@ -7,6 +7,8 @@ rolled back, and F the most slots it will ever hold:
   speculative = spec, reserved = min(A, F) - ctx, internal fragmentation = A - min(A, F),
   external fragmentation = free slots the next waiting request cannot use (given by the caller),
   free = the rest of the pool. The six always sum to the pool capacity.
+With a sliding window, held slots before a sequence's last W tokens are stale (sim.window): they
+move from token states to internal fragmentation.
 """
 
 from __future__ import annotations
@@ -64,12 +66,18 @@ def breakdown(ctx: np.ndarray, spec: np.ndarray, alloc: np.ndarray, final: np.nd
 
 
 def from_sums(sum_ctx: int, sum_spec: int, sum_alloc: int, sum_alloc_within_final: int, *,
-              used_slots: int, capacity: int, external_frag: int) -> Breakdown:
-    """The categories from per-batch sums (sum of min(alloc, final) is the used-or-will-be part)."""
+              used_slots: int, capacity: int, external_frag: int, stale_logical: int = 0,
+              stale_physical: int = 0) -> Breakdown:
+    """The categories from per-batch sums (sum of min(alloc, final) is the used-or-will-be part).
+
+    stale_logical / stale_physical: sliding-window stale slots counted per sequence / once per pool
+    slot (sim.window.stale_sums); they are internal fragmentation, not token states.
+    """
     logical = sum_ctx - sum_spec
     reserved = sum_alloc_within_final - sum_ctx
-    internal = sum_alloc - sum_alloc_within_final
-    physical = used_slots - (sum_alloc - logical)
+    internal = sum_alloc - sum_alloc_within_final + stale_physical
+    physical = used_slots - (sum_alloc - logical) - stale_physical
+    logical -= stale_logical
     free = capacity - used_slots
     if not 0 <= external_frag <= free:
         raise ValueError(f"external_frag = {external_frag} out of range (valid: 0..{free} free slots)")

@@ -169,6 +169,10 @@ class PagedKVCache:
         """Physical block ids in logical order (-1 for blocks released by free_blocks_before)."""
         return tuple(self._table(seq_id).blocks)
 
+    def held_blocks(self, seq_id: SeqId, start: int, stop: int) -> list[int]:
+        """Physical ids of the sequence's logical blocks start..stop-1 (-1 for released ones)."""
+        return self._table(seq_id).blocks[start:stop]
+
     def num_cached_tokens(self, seq_id: SeqId) -> int:
         """Prompt tokens the sequence's allocate found in the prefix cache (whole blocks).
 

@@ -47,7 +47,14 @@ class RequestRecord:
 
 @dataclass(slots=True)
 class StepRecord:
-    """One scheduler iteration (one model forward pass)."""
+    """One scheduler iteration (one model forward pass).
+
+    duration_s includes the PCIe transfers on the step's critical path (swap_s); swap_hidden_s is
+    transfer time hidden behind the forward pass (swap-in prefetch). blocks_allocated / blocks_reused:
+    block-table entries filled since the previous step with a fresh block from the pool (copy-on-write
+    copies included) / with an existing block (prefix-cache hit or fork). Paged counts; contiguous
+    caches count reserved slots as allocations and never reuse.
+    """
 
     step: int
     start_s: float
@@ -62,6 +69,14 @@ class StepRecord:
     num_swaps_in: int
     num_preempted: int
     num_waiting: int
+    blocks_allocated: int = 0
+    blocks_reused: int = 0
+    blocks_window_released: int = 0  # table entries dropped by the sliding window since the previous step
+    swap_out_bytes: float = 0.0
+    swap_in_bytes: float = 0.0
+    swap_s: float = 0.0
+    swap_hidden_s: float = 0.0
+    num_prefetch_hidden: int = 0  # swapped-in groups whose transfer ended within the forward pass
 
 
 @dataclass(slots=True)
@@ -83,6 +98,41 @@ class MemorySample:
 
 
 @dataclass(slots=True)
+class MonitorSample:
+    """Allocator monitoring at one instant (taken with each memory sample; sim.monitor).
+
+    Paged caches count blocks; contiguous caches count 1-slot units. Counters (`*_total`) are
+    cumulative since the start of the run; rates cover the interval since the previous sample
+    (NaN for the first one, or without allocations for reuse_rate). refs_*: used blocks by how many
+    block-table entries reference them (1, 2, 3-4, 5-8, more than 8).
+    """
+
+    time_s: float
+    free_blocks: int
+    used_blocks: int
+    kv_bytes_used: float
+    alloc_rate_blocks_per_s: float
+    reuse_rate: float
+    internal_frag_pct: float
+    external_frag_pct: float
+    refs_1: int
+    refs_2: int
+    refs_3_4: int
+    refs_5_8: int
+    refs_gt8: int
+    blocks_allocated_total: int
+    blocks_reused_total: int
+    cows_total: int
+    swap_out_blocks_total: int
+    swap_in_blocks_total: int
+    window_released_total: int
+
+
+REFCOUNT_BUCKETS: tuple[str, ...] = ("1", "2", "3-4", "5-8", ">8")
+"""Labels of MonitorSample's refs_1, refs_2, refs_3_4, refs_5_8, refs_gt8."""
+
+
+@dataclass(slots=True)
 class SimResult:
     """Everything a run produced. `summary` has exactly the keys in SUMMARY_KEYS (plus extras)."""
 
@@ -92,3 +142,4 @@ class SimResult:
     steps: list[StepRecord] = field(default_factory=list)
     memory: list[MemorySample] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
+    monitor: list[MonitorSample] = field(default_factory=list)

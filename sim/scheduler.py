@@ -36,6 +36,8 @@ class SchedulerOutput:
     accepted: slot -> draft tokens accepted this step (speculative sequences);
     blocked: the head waiting group could not be admitted for memory (why: LATER/LATER_FRAGMENTED);
     head_need: what that head group needs (contiguous: slots; paged: blocks), 0 if nothing waits.
+    swap_out_s / swap_in_s: PCIe transfer times of this step's swaps (the engine decides how much of
+    the swap-in is hidden behind the forward pass: SchedulerConfig.swap_prefetch).
     """
 
     prefills: list[tuple[SeqGroup, int, int]] = field(default_factory=list)
@@ -51,7 +53,12 @@ class SchedulerOutput:
     num_cows: int = 0
     swap_out_blocks: int = 0
     swap_in_blocks: int = 0
-    swap_time_s: float = 0.0
+    swap_time_s: float = 0.0  # swap_out_s + swap_in_s
+    swap_out_s: float = 0.0
+    swap_in_s: float = 0.0
+    swap_in_groups_s: list[float] = field(default_factory=list)  # per swapped-in group, in copy order
+    swap_exposed_s: float = 0.0  # set by the engine: transfer time on the step's critical path
+    swap_hidden: int = 0  # set by the engine: swapped-in groups whose copy the forward pass hid
     num_prefill_tokens: int = 0
     num_decode_tokens: int = 0
     blocked: str = ""
@@ -80,7 +87,8 @@ class Scheduler:
         self.swapped: deque[SeqGroup] = deque()
         self.num_running_seqs = 0
         self.slot_group: dict[int, SeqGroup] = {}
-        self.dset = DecodeSet(self.table, ops.block_size)
+        self.dset = DecodeSet(self.table, ops.block_size, ops.window if ops.paged else None)
+        self._window = ops.window if ops.paged else None
         self.pending_joins: list[int] = []  # swapped-in single sequences: join dset after the step
         # Kept incrementally (no per-step scan of the running list): the decoding groups that are not
         # single plain sequences, and the running slots outside the DecodeSet (for memory sampling).
@@ -173,9 +181,19 @@ class Scheduler:
         if res.cows:
             self._step_cows += len(res.cows)
 
+    def _release_simple(self, slot: int, first_needed: int, stored: int) -> None:
+        g = self.slot_group[slot]
+        t = self.table
+        g.peak_blocks = max(g.peak_blocks, int(t.nblk[slot] - t.drop[slot]))  # the most it held, just before
+        self.ops.release_window(slot, g.seq_ids[0], first_needed, stored)
+
     def _schedule_decodes(self, out: SchedulerOutput) -> int:
         """Append this step's token slots to every decoding sequence; returns tokens used."""
         ops, dset = self.ops, self.dset
+        if self._window is not None:  # release blocks out of the window before counting what the step needs
+            dset.release_due(self._release_simple)
+            for g in self._complex:
+                ops.release_group_window(g)
         if ops.paged:
             cache = ops.cache
             while True:
@@ -214,6 +232,11 @@ class Scheduler:
             if budget <= 0:
                 break
             chunk = min(g.prefill_target - g.prefill_done, budget)
+            w = self._window
+            if w is not None and g.prefill_done - w + 1 > 0:  # the chunk's first query needs only the window
+                s0 = g.slots[0]
+                g.peak_blocks = max(g.peak_blocks, self.ops.group_blocks(g))
+                self.ops.release_window(s0, g.seq_ids[0], g.prefill_done - w + 1, int(self.table.synced[s0]))
             self._add_prefill(out, g, chunk)
             budget -= chunk
         return budget
@@ -236,7 +259,10 @@ class Scheduler:
             self.swapped.popleft()
             got = ops.restore(g)
             assert self.swap is not None
-            out.swap_time_s += self.swap.swap_in(g.order, got)
+            dt = self.swap.swap_in(g.order, got)
+            out.swap_time_s += dt
+            out.swap_in_s += dt
+            out.swap_in_groups_s.append(dt)
             out.swap_in_blocks += got
             out.swapped_in.append(g)
             self._add_running(g)
@@ -324,7 +350,9 @@ class Scheduler:
                 for s, sid in zip(g.slots, g.seq_ids, strict=True):
                     ops.sync(s, sid)
                 ops.free_group(g)
-                out.swap_time_s += self.swap.swap_out(g.order, blocks)
+                dt = self.swap.swap_out(g.order, blocks)
+                out.swap_time_s += dt
+                out.swap_out_s += dt
                 out.swap_out_blocks += blocks
                 g.status = SWAPPED
                 self.swapped.appendleft(g)
@@ -341,7 +369,7 @@ class Scheduler:
         s0 = g.slots[0]
         gen = int(t.gen[s0]) if g.num_seqs == 1 else 0
         t.gen[s0] = gen
-        t.ctx[s0] = t.nblk[s0] = t.synced[s0] = t.spec[s0] = 0
+        t.ctx[s0] = t.nblk[s0] = t.synced[s0] = t.spec[s0] = t.drop[s0] = 0
         g.prefill_target = g.spec.prompt_len + gen
         g.prefill_done = 0
         g.decoding = False
@@ -388,8 +416,10 @@ class Scheduler:
             b = self.ops.block_size
             for g in self.running:
                 for s, sid in zip(g.slots, g.seq_ids, strict=True):
-                    assert self.table.nblk[s] == len(self.ops.cache.block_table(sid)), \
-                        f"seq {sid!r}: nblk {self.table.nblk[s]} != cache table length"
+                    bt = self.ops.cache.block_table(sid)
+                    assert self.table.nblk[s] == len(bt), f"seq {sid!r}: nblk {self.table.nblk[s]} != cache table length"
+                    assert self.table.drop[s] == bt.count(-1), \
+                        f"seq {sid!r}: drop {self.table.drop[s]} != {bt.count(-1)} released blocks"
                     assert self.table.ctx[s] - self.table.synced[s] <= b, f"seq {sid!r}: lag beyond a block"
         if self.swap is not None:
             self.swap.check_invariants()

@@ -18,8 +18,8 @@ WAITING, RUNNING, SWAPPED, FINISHED, ABORTED, REJECTED = (
     "waiting", "running", "swapped", "finished", "aborted", "rejected")
 LIVE = (WAITING, RUNNING, SWAPPED)
 
-_COLUMNS = ("ctx", "spec", "nblk", "synced", "final", "gen", "olen", "share")
-CTX, SPEC, NBLK, SYNCED, FINAL, GEN, OLEN, SHARE = range(len(_COLUMNS))  # rows of SeqTable.data
+_COLUMNS = ("ctx", "spec", "nblk", "synced", "final", "gen", "olen", "share", "drop")
+CTX, SPEC, NBLK, SYNCED, FINAL, GEN, OLEN, SHARE, DROP = range(len(_COLUMNS))  # rows of SeqTable.data
 
 
 class SeqTable:
@@ -33,9 +33,11 @@ class SeqTable:
                 lazily, only when a new block is needed: ctx - synced <= block_size);
       final[s]  the most KV slots it will ever hold (prompt + output - 1; the last token is never stored);
       gen[s]    output tokens generated so far; olen[s] output tokens wanted;
-      share[s]  contiguous: reserved slots attributed to this sequence (its group's extent / #seqs).
-    Invariants (check_invariants): 0 <= spec <= ctx <= final for live slots; free slots are all-zero
-    rows and listed once.
+      share[s]  contiguous: reserved slots attributed to this sequence (its group's extent / #seqs);
+      drop[s]   paged, sliding window: leading blocks released (their table entries are -1), so the
+                sequence holds nblk - drop blocks covering tokens [drop * block_size, ctx).
+    Invariants (check_invariants): 0 <= spec <= ctx <= final and 0 <= drop <= nblk for live slots;
+    free slots are all-zero rows and listed once.
     """
 
     ctx: np.ndarray
@@ -46,6 +48,7 @@ class SeqTable:
     gen: np.ndarray
     olen: np.ndarray
     share: np.ndarray
+    drop: np.ndarray
 
     def __init__(self, capacity: int = 1024) -> None:
         self.capacity = 0
@@ -57,7 +60,7 @@ class SeqTable:
 
     def _bind(self) -> None:
         (self.ctx, self.spec, self.nblk, self.synced, self.final, self.gen, self.olen,
-         self.share) = self.data
+         self.share, self.drop) = self.data
 
     def _grow(self, new_cap: int) -> None:
         data = np.zeros((len(_COLUMNS), new_cap), dtype=np.int64)
@@ -99,9 +102,10 @@ class SeqTable:
         assert not free & set(live), f"slots {sorted(free & set(live))} are both live and free"
         assert len(free) + len(set(live)) == self.capacity, "slots leaked (neither live nor free)"
         lv = np.array(sorted(set(live)), dtype=np.int64)
-        bad = lv[~((self.spec[lv] >= 0) & (self.spec[lv] <= self.ctx[lv]) & (self.ctx[lv] <= self.final[lv]))]
+        bad = lv[~((self.spec[lv] >= 0) & (self.spec[lv] <= self.ctx[lv]) & (self.ctx[lv] <= self.final[lv])
+                   & (self.drop[lv] >= 0) & (self.drop[lv] <= self.nblk[lv]))]
         assert not bad.size, (f"slot {int(bad[0])}: spec={self.spec[bad[0]]} ctx={self.ctx[bad[0]]} "
-                              f"final={self.final[bad[0]]}")
+                              f"final={self.final[bad[0]]} drop={self.drop[bad[0]]} nblk={self.nblk[bad[0]]}")
         fr = np.array(sorted(free), dtype=np.int64)
         dirty = fr[self.data[:, fr].any(axis=0)] if fr.size else fr
         assert not dirty.size, f"free slot {int(dirty[0])} has counters {self.data[:, dirty[0]].tolist()}"

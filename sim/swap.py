@@ -2,6 +2,7 @@
 
 Swap-mode preemption copies a sequence group's physical blocks here and frees them on the GPU;
 swapping in copies them back. Only sizes and transfer times are modelled (no block identities).
+`overlap_swap_in` is the prefetch model: swap-in copies overlapping a forward pass.
 """
 
 from __future__ import annotations
@@ -79,6 +80,16 @@ class SwapSpace:
         """Blocks the owner holds (0 if none)."""
         return self._held.get(owner, 0)
 
+    @property
+    def bytes_out(self) -> float:
+        """Bytes ever copied to the host."""
+        return self.total_out * self.block_bytes
+
+    @property
+    def bytes_in(self) -> float:
+        """Bytes ever copied back to the GPU."""
+        return self.total_in * self.block_bytes
+
     def transfer_time(self, num_blocks: int) -> float:
         """Seconds to move `num_blocks` over PCIe in one direction."""
         return num_blocks * self.block_bytes / self.pcie_bandwidth_Bps
@@ -90,3 +101,19 @@ class SwapSpace:
         assert sum(self._held.values()) == self.used_blocks, "used_blocks != sum of held blocks"
         assert 0 <= self.used_blocks <= self.capacity_blocks, \
             f"used {self.used_blocks} outside 0..{self.capacity_blocks}"
+
+
+def overlap_swap_in(group_times: list[float], compute_s: float) -> tuple[float, int]:
+    """Swap-in copies issued one after another on a copy stream while a forward pass of `compute_s`
+    seconds runs: returns (transfer time beyond the forward pass, groups whose copy ended within it).
+
+    A group's copy is hidden (a prefetch hit) when the copies up to and including it end by the end
+    of the forward pass; the step lasts max(compute, all copies).
+    """
+    done = 0.0
+    hidden = 0
+    for t in group_times:
+        done += t
+        if done <= compute_s:
+            hidden += 1
+    return max(0.0, done - compute_s), hidden
