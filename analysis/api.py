@@ -109,13 +109,17 @@ def simulate_system(exp: Experiment, system: str, specs: Sequence[RequestSpec],
 
 def run(base: Experiment | Mapping[str, Any] | str | Path | None = None, out: str | Path | None = None, *,
         csv: bool = False, op_log: bool = False, plots: bool = True, on_result: Any = None,
-        **overrides: Any) -> pd.DataFrame:
+        metrics_format: str = "none", **overrides: Any) -> pd.DataFrame:
     """Run every system of the experiment on one workload; returns the summary (one row per system).
 
     With `out`, writes the results directory (see analysis.results_io): per-system records,
-    summary.csv/.parquet, config.toml/.json, op logs (`op_log`), plots (`plots`).
+    summary.csv/.parquet, config.toml/.json, op logs (`op_log`), plots (`plots`), and the run totals
+    as Prometheus text (`metrics_format="prometheus"`: metrics.prom, see analysis.prometheus).
     `on_result(result)` is called after each system (the CLI prints progress with it).
     """
+    from analysis.prometheus import check_format, write_metrics
+
+    check_format(metrics_format)
     exp = experiment(base, **overrides)
     specs, _stats = build_workload(exp)
     out_dir = Path(out) if out is not None else None
@@ -140,6 +144,8 @@ def run(base: Experiment | Mapping[str, Any] | str | Path | None = None, out: st
         if on_result is not None:
             on_result(result)
     df = summary_frame(rows)
+    if out_dir is not None:
+        write_metrics(out_dir, rows, metrics_format)
     if out_dir is not None and plots:
         from analysis.report import render_plots
 

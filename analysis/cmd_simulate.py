@@ -42,6 +42,17 @@ _HEADERS = {
     "num_preemptions": "preemptions", "sharing_savings_pct": "sharing saved %",
 }
 _HEADERS.update({f"{c}_of_used_pct": _HEADERS[f"{c}_pct"] for c in MEMORY_CATEGORIES})
+_HEADERS.update({
+    "mean_free_blocks": "free blocks (mean)", "min_free_blocks": "free blocks (min)",
+    "alloc_rate_blocks_per_s": "allocs/s", "reuse_rate": "reuse", "mean_refs_2": "refs=2", "mean_refs_3_4": "refs 3-4",
+    "mean_refs_5_8": "refs 5-8", "mean_refs_gt8": "refs>8", "num_cows": "CoW copies",
+    "window_released_blocks": "window-freed", "swap_out_bytes": "swapped out B", "swap_in_bytes": "swapped in B",
+    "swap_exposed_s": "swap on crit. path s", "prefetch_hidden_pct": "prefetch hidden %",
+})
+MONITOR_COLUMNS: tuple[str, ...] = (
+    "mean_free_blocks", "min_free_blocks", "alloc_rate_blocks_per_s", "reuse_rate", "mean_refs_2", "mean_refs_3_4",
+    "mean_refs_5_8", "mean_refs_gt8", "num_cows", "window_released_blocks", "swap_out_bytes", "swap_in_bytes",
+    "swap_exposed_s", "prefetch_hidden_pct")
 
 # ----------------------------------------------------------------------------------- shared options
 Config = Annotated[Path | None, typer.Option("--config", "-c", help="Experiment TOML file (CLI options override it).")]
@@ -78,6 +89,11 @@ Csv = Annotated[bool, typer.Option("--csv", help="Also write the per-request/ste
 OpLog = Annotated[bool, typer.Option("--op-log", help="Write each system's allocator op log (runs/<system>/ops.jsonl).")]
 Plots = Annotated[bool, typer.Option("--plots/--no-plots", help="Draw figures into <out>/plots.")]
 Report = Annotated[bool, typer.Option("--report/--no-report", help="Write report.html and report.md.")]
+SlidingWindow = Annotated[int | None, typer.Option("--sliding-window", help="Attention window in tokens (0: none; default: the model's, e.g. 4096 for mistral-7b).")]
+SwapGb = Annotated[float | None, typer.Option("--cpu-swap-gb", help="Host swap pool in GiB (default 4).")]
+Prefetch = Annotated[bool | None, typer.Option("--swap-prefetch/--no-swap-prefetch", help="Overlap swap-ins with the forward pass.")]
+Pcie = Annotated[float | None, typer.Option("--pcie-gbps", help="Host<->GPU copy rate, GB/s one way (default: the GPU's).")]
+MetricsFmt = Annotated[str, typer.Option("--metrics-format", help="Also write the run totals: none or prometheus (metrics.prom).")]
 
 # option name -> experiment override key
 _KEYS = {
@@ -89,6 +105,8 @@ _KEYS = {
     "max_len": "max_model_len", "latency": "latency", "block_size": "block_size", "placement": "placement",
     "prefix": "prefix_caching", "max_seqs": "scheduler.max_num_seqs", "max_tokens": "scheduler.max_num_batched_tokens",
     "chunked": "scheduler.chunked_prefill", "preemption": "scheduler.preemption_mode", "seed": "seed",
+    "sliding_window": "sliding_window", "swap_gb": "scheduler.cpu_swap_space_gb",
+    "prefetch": "scheduler.swap_prefetch", "pcie": "scheduler.pcie_bandwidth_gbps",
 }
 
 
@@ -175,14 +193,20 @@ def _print_summary(df: pd.DataFrame, title: str, axes: tuple[str, ...] = ()) -> 
     _o.print(_table(df, [*lead, "throughput_rps", "throughput_tps", "mean_batch_size", "mean_ttft_s",
                          "mean_tpot_s", "mean_normalized_latency_s_per_token", "num_preemptions",
                          "sharing_savings_pct"], "Throughput and latency"))
+    mon = [c for c in MONITOR_COLUMNS if c in df.columns and df[c].notna().any()]
+    if mon and "sweep" not in title:
+        _o.print(_table(df, [*lead, *mon], "Allocator monitor (run totals; contiguous caches count 1-slot blocks)"))
     lat = sorted({str(v) for v in df.get("latency_model", pd.Series(dtype=object)).dropna()})
     if lat:
         _o.print(f"latency model: {', '.join(lat)}")
 
 
-def _simulate(cmd: str, exp: Any, out: Path, csv: bool, op_log: bool, plots: bool, report: bool) -> None:
+def _simulate(cmd: str, exp: Any, out: Path, csv: bool, op_log: bool, plots: bool, report: bool,
+              metrics_format: str = "none") -> None:
     from analysis import api
+    from analysis.prometheus import check_format
 
+    check_format(metrics_format)  # before any simulation runs
     t0 = time.perf_counter()
 
     def done(r: SimResult) -> None:
@@ -190,11 +214,12 @@ def _simulate(cmd: str, exp: Any, out: Path, csv: bool, op_log: bool, plots: boo
                    f"({time.perf_counter() - t0:.1f} s)")
 
     _err.print(f"{cmd}: {', '.join(exp.systems)} on {exp.title()}")
-    df = api.run(exp, out, csv=csv, op_log=op_log, plots=plots, on_result=done)
+    df = api.run(exp, out, csv=csv, op_log=op_log, plots=plots, on_result=done, metrics_format=metrics_format)
     _print_summary(df, exp.title())
     if report:
         api.report(out)
-    _o.print(f"results: {out}/ (summary.csv{', report.html' if report else ''})")
+    extra = (", report.html" if report else "") + (", metrics.prom" if metrics_format == "prometheus" else "")
+    _o.print(f"results: {out}/ (summary.csv{extra})")
 
 
 def _split(text: str | None, conv: Callable[[str], Any] = str) -> list[Any] | None:
@@ -229,19 +254,22 @@ def register(app: typer.Typer) -> None:
                 kv_tokens: KvTokens = None, kv_gb: KvGb = None, mem_util: MemUtil = None, max_len: MaxLen = None,
                 latency: Latency = None, block_size: Block = None, placement: Placement = None,
                 prefix: Prefix = None, max_seqs: MaxSeqs = None, max_tokens: MaxTok = None, chunked: Chunked = None,
-                preemption: Preempt = None, seed: Seed = None, out: Out = None, csv: Csv = False,
-                op_log: OpLog = False, plots: Plots = True, report: Report = False) -> None:
+                preemption: Preempt = None, sliding_window: SlidingWindow = None, swap_gb: SwapGb = None,
+                prefetch: Prefetch = None, pcie: Pcie = None, seed: Seed = None, out: Out = None, csv: Csv = False,
+                op_log: OpLog = False, plots: Plots = True, report: Report = False,
+                metrics_format: MetricsFmt = "none") -> None:
         """One simulation: a workload through one cache system (or the systems of a --config file).
 
         Examples:
           pagesim run --system paged-32 -n 200 --rate 4
           pagesim run --trace ../shared/traces/azure_llm_2023/AzureLLMInferenceTrace_code.csv -n 500 --system max
           pagesim run --config exp.toml --out results/exp
+          pagesim run --model mistral-7b --gpu a100-80gb --preemption swap --swap-prefetch --metrics-format prometheus
         """
         with _errors("run"):
             extra = {"system": system} if system else ({} if config else {"system": "paged"})
             exp = _experiment(config, locals(), **extra)
-            _simulate("run", exp, _default_out("run", out), csv, op_log, plots, report)
+            _simulate("run", exp, _default_out("run", out), csv, op_log, plots, report, metrics_format)
 
     @app.command("compare")
     def compare_cmd(config: Config = None, systems: Annotated[str | None, typer.Option(
@@ -254,8 +282,9 @@ def register(app: typer.Typer) -> None:
                     max_len: MaxLen = None, latency: Latency = None, block_size: Block = None,
                     placement: Placement = None, prefix: Prefix = None, max_seqs: MaxSeqs = None,
                     max_tokens: MaxTok = None, chunked: Chunked = None, preemption: Preempt = None,
-                    seed: Seed = None, out: Out = None, csv: Csv = False, op_log: OpLog = False,
-                    plots: Plots = True, report: Report = True) -> None:
+                    sliding_window: SlidingWindow = None, swap_gb: SwapGb = None, prefetch: Prefetch = None,
+                    pcie: Pcie = None, seed: Seed = None, out: Out = None, csv: Csv = False, op_log: OpLog = False,
+                    plots: Plots = True, report: Report = True, metrics_format: MetricsFmt = "none") -> None:
         """Paged vs contiguous (max / pow2 / oracle) caches on the same workload, side by side.
 
         Memory breakdown (the vLLM paper's Fig. 2), throughput, latency and batch size per system.
@@ -269,7 +298,7 @@ def register(app: typer.Typer) -> None:
         with _errors("compare"):
             extra = {"systems": _split(systems)} if systems else {}
             exp = _experiment(config, locals(), **extra)
-            _simulate("compare", exp, _default_out("compare", out), csv, op_log, plots, report)
+            _simulate("compare", exp, _default_out("compare", out), csv, op_log, plots, report, metrics_format)
 
     @app.command("sweep")
     def sweep_cmd(config: Config = None,
@@ -292,8 +321,9 @@ def register(app: typer.Typer) -> None:
                   kv_tokens: KvTokens = None, kv_gb: KvGb = None, mem_util: MemUtil = None, max_len: MaxLen = None,
                   latency: Latency = None, block_size: Block = None, placement: Placement = None,
                   prefix: Prefix = None, max_seqs: MaxSeqs = None, max_tokens: MaxTok = None,
-                  chunked: Chunked = None, preemption: Preempt = None, seed: Seed = None, out: Out = None,
-                  report: Report = True) -> None:
+                  chunked: Chunked = None, preemption: Preempt = None, sliding_window: SlidingWindow = None,
+                  swap_gb: SwapGb = None, prefetch: Prefetch = None, pcie: Pcie = None, seed: Seed = None,
+                  out: Out = None, report: Report = True) -> None:
         """A grid of simulations (block size, KV budget, rate, system, sampling, any field), in parallel.
 
         Each finished point is written at once, so an interrupted sweep continues with --resume;

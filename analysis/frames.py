@@ -1,6 +1,6 @@
 """Simulation records -> pandas DataFrames.
 
-One DataFrame per record kind (requests, steps, memory samples) built from the `sim.results`
+One DataFrame per record kind (requests, steps, memory and allocator-monitor samples) built from the `sim.results`
 dataclasses by their fields, so a new record field shows up as a new column without code here.
 Also the derived tables every report needs: the summary table (SUMMARY_KEYS first), the
 time-weighted memory breakdown, and per-run extras (step-time and latency percentiles).
@@ -20,6 +20,7 @@ from sim.results import (
     MEMORY_CATEGORIES,
     SUMMARY_KEYS,
     MemorySample,
+    MonitorSample,
     RequestRecord,
     SimResult,
     StepRecord,
@@ -59,6 +60,13 @@ def steps_frame(result: SimResult) -> pd.DataFrame:
 def memory_frame(result: SimResult) -> pd.DataFrame:
     """Memory samples of a run (columns: MemorySample fields, plus `system`)."""
     df = records_frame(result.memory, MemorySample)
+    df.insert(0, "system", result.system)
+    return df
+
+
+def monitor_frame(result: SimResult) -> pd.DataFrame:
+    """Allocator-monitor samples of a run (columns: MonitorSample fields, plus `system`)."""
+    df = records_frame(result.monitor, MonitorSample)
     df.insert(0, "system", result.system)
     return df
 

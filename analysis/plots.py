@@ -4,7 +4,7 @@ Every function takes DataFrames (from analysis.frames / summary.csv), a path ste
 (say model, GPU and workload), draws on a fresh `Figure` (no pyplot state, no GUI backend) and
 returns the files written. Axes carry units. Figures: memory breakdown bars per system (the vLLM
 paper's Fig. 2), memory over time, block-size sweep, rate sweep (Fig. 12 style), latency CDFs,
-sharing savings vs n / beam width.
+sharing savings vs n / beam width, the allocator monitor.
 """
 
 from __future__ import annotations
@@ -229,4 +229,70 @@ def plot_sharing_savings(points: pd.DataFrame, stem: Path, title: str = "", x: s
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, frameon=False)
     fig.suptitle(title or "Sharing savings", fontsize=9)
+    return save_figure(fig, stem)
+
+
+REFCOUNT_COLUMNS: tuple[str, ...] = ("refs_1", "refs_2", "refs_3_4", "refs_5_8", "refs_gt8")
+
+
+def _binned(g: pd.DataFrame, cols: Sequence[str], bins: int) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+    """Bin edges over the samples' time span; per column the increase of a cumulative counter in each bin."""
+    t = g["time_s"].to_numpy(dtype=float)
+    edges = np.linspace(t[0], t[-1], bins + 1) if t[-1] > t[0] else np.array([t[0], t[0] + 1.0])
+    idx = np.searchsorted(t, edges, side="right") - 1
+    incs = []
+    for c in cols:
+        v = g[c].to_numpy(dtype=float)
+        at = np.where(idx >= 0, v[np.clip(idx, 0, len(v) - 1)], 0.0)
+        incs.append(np.diff(at))
+    return edges, incs, np.diff(edges)
+
+
+def plot_allocator_monitor(monitor: pd.DataFrame, stem: Path, title: str = "", bins: int = 60) -> list[Path]:
+    """The allocator's monitoring metrics, one line (or bar) per system: KV memory in use (GiB) and
+    allocation rate (blocks/s) over time, the share of allocations served by reuse (prefix-cache hits,
+    forks) over time, and the time-weighted ref-count histogram of the used blocks. Rates are binned
+    over `bins` equal time intervals (per-step rates are too noisy to read). Contiguous caches count
+    1-slot blocks."""
+    _need(monitor, ["system", "time_s", "kv_bytes_used", "blocks_allocated_total", "blocks_reused_total",
+                    *REFCOUNT_COLUMNS], "allocator monitor plot")
+    systems = list(dict.fromkeys(monitor["system"].astype(str)))
+    fig = Figure(figsize=(11.0, 6.4), layout="constrained")
+    (a1, a2), (a3, a4) = fig.subplots(2, 2)
+    hist = np.zeros((len(systems), len(REFCOUNT_COLUMNS)))
+    for i, system in enumerate(systems):
+        g = monitor[monitor["system"].astype(str) == system].sort_values("time_s")
+        t = g["time_s"].to_numpy(dtype=float)
+        a1.step(t, g["kv_bytes_used"].to_numpy(dtype=float) / 2**30, where="post", label=system, lw=1)
+        edges, (da, dr), width = _binned(g, ["blocks_allocated_total", "blocks_reused_total"], bins)
+        mid = (edges[:-1] + edges[1:]) / 2
+        a2.plot(mid, da / width, lw=1, label=system)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            a3.plot(mid, np.where(da + dr > 0, 100.0 * dr / (da + dr), np.nan), lw=1, marker=".", ms=3, label=system)
+        w = np.diff(np.append(t, t[-1])) if len(t) > 1 else np.ones(1)
+        if w.sum() <= 0:
+            w = np.ones_like(t)
+        rows = g[list(REFCOUNT_COLUMNS)].to_numpy(dtype=float)
+        hist[i] = (rows * w[:, None]).sum(axis=0) / w.sum()
+    a1.set_ylabel("KV memory in use (GiB)")
+    a2.set_ylabel("allocation rate (blocks/s)")
+    a3.set_ylabel("allocations served by reuse (%)")
+    for ax in (a1, a2, a3):
+        ax.set_xlabel("simulated time (s)")
+        ax.grid(alpha=0.3)
+    a3.set_ylim(-2, 102)
+    used = hist.sum(axis=1, keepdims=True)
+    share = np.divide(100.0 * hist, used, out=np.zeros_like(hist), where=used > 0)
+    x = np.arange(len(systems))
+    bottom = np.zeros(len(systems))
+    colors = ("#2b7bba", "#59a14f", "#f4a259", "#d1495b", "#8e6c8a")
+    for j, label in enumerate(("1", "2", "3-4", "5-8", ">8")):
+        a4.bar(x, share[:, j], bottom=bottom, color=colors[j], label=f"{label} refs", edgecolor="white", lw=0.5)
+        bottom += share[:, j]
+    a4.set_xticks(x, systems, rotation=25 if len(systems) > 3 else 0, ha="right" if len(systems) > 3 else "center")
+    a4.set_ylim(0, 100)
+    a4.set_ylabel("used blocks by ref count (%, time-weighted)")
+    a4.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    a1.legend(fontsize=7, frameon=False)
+    fig.suptitle(title or "KV-cache allocator monitor", fontsize=10)
     return save_figure(fig, stem)

@@ -29,6 +29,17 @@ PERF_COLUMNS: tuple[str, ...] = (
     "mean_ttft_s", "mean_tpot_s", "mean_normalized_latency_s_per_token", "num_preemptions",
     "sharing_savings_pct", "latency_model",
 )
+MONITOR_COLUMNS: tuple[str, ...] = (
+    "system", "kv_dtype", "sliding_window", "pool_blocks", "mean_free_blocks", "min_free_blocks",
+    "peak_kv_bytes_used", "blocks_allocated", "blocks_reused", "alloc_rate_blocks_per_s", "reuse_rate",
+    "mean_refs_1", "mean_refs_2", "mean_refs_3_4", "mean_refs_5_8", "mean_refs_gt8", "num_cows",
+    "window_released_blocks",
+)
+SWAP_COLUMNS: tuple[str, ...] = (
+    "system", "num_preemptions", "num_swap_fallbacks", "swap_out_blocks", "swap_in_blocks", "swap_out_bytes",
+    "swap_in_bytes", "swap_out_s", "swap_in_s", "swap_exposed_s", "swap_hidden_s", "num_prefetches",
+    "num_prefetch_hidden", "prefetch_hidden_pct",
+)
 
 
 @dataclass(slots=True)
@@ -88,6 +99,9 @@ def render_plots(bundle: ResultsBundle, title: str | None = None, reuse: bool = 
     if not bundle.memory.empty:
         attempt("memory_over_time", lambda: plots.plot_memory_over_time(
             bundle.memory, pdir / "memory_over_time", f"KV memory over time: {t}"))
+    if not bundle.monitor.empty:
+        attempt("allocator_monitor", lambda: plots.plot_allocator_monitor(
+            bundle.monitor, pdir / "allocator_monitor", f"KV-cache allocator monitor: {t}"))
     if not bundle.requests.empty:
         attempt("latency_cdf", lambda: plots.plot_latency_cdf(
             bundle.requests, pdir / "latency_cdf", f"Latency CDFs: {t}"))
@@ -177,6 +191,21 @@ def _sections(bundle: ResultsBundle, figs: dict[str, Path]) -> list[Section]:
         secs.append(Section("memory-over-time", "Memory over time",
                             "Each category's share of the KV pool over simulated time.",
                             figures=(figs["memory_over_time"],)))
+    mon = [c for c in MONITOR_COLUMNS if c in s.columns]
+    if "allocator_monitor" in figs or len(mon) > 2:
+        tables = (s[mon],) if len(mon) > 2 else ()
+        swp = [c for c in SWAP_COLUMNS if c in s.columns]
+        if "swap_out_blocks" in s.columns and (s["swap_out_blocks"].fillna(0) > 0).any():
+            tables += (s[swp],)
+        secs.append(Section(
+            "allocator", "Allocator monitoring",
+            "Run totals of the KV-cache allocator: free blocks (time-weighted mean and minimum), fresh block "
+            "allocations and reuses (prefix-cache hits and forks) with their rate and share, the used blocks "
+            "by reference count (time-weighted means), copy-on-write copies and blocks released by the "
+            "sliding window; when anything was swapped, bytes and PCIe time each way, the transfer time on "
+            "the steps' critical path and how many prefetched swap-ins the forward pass hid. Contiguous "
+            "caches count 1-slot blocks. The per-sample series are runs/<system>/monitor.parquet.",
+            tables, tuple(figs[k] for k in ("allocator_monitor",) if k in figs)))
     sweep_figs = tuple(figs[k] for k in ("block_size_sweep", "rate_sweep", "sharing_n", "sharing_beam_width")
                        if k in figs)
     if not bundle.points.empty:
@@ -199,6 +228,11 @@ def _overview_text(bundle: ResultsBundle) -> str:
     lines = [f"Results directory: {bundle.path}", f"Rows in summary.csv: {len(s)}"]
     if lat:
         lines.append(f"Latency model: {lat}")
+    for col, what in (("kv_dtype", "KV storage dtype"), ("sliding_window", "Attention window (tokens, 0: none)")):
+        if col in s.columns:
+            vals = ", ".join(sorted({_fmt(v) for v in s[col].dropna()}))
+            if vals:
+                lines.append(f"{what}: {vals}")
     return "\n".join(lines)
 
 

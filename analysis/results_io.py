@@ -3,7 +3,8 @@
 Layout (every path relative to the directory given by `--out`):
   config.toml, config.json      effective experiment configuration (reproduce with `run --config`)
   summary.csv, summary.parquet  one row per system or sweep point (SUMMARY_KEYS first)
-  runs/<system>/                requests/steps/memory .parquet (+ .csv on request), summary.json, ops.jsonl
+  runs/<system>/                requests/steps/memory/monitor .parquet (+ .csv on request), summary.json, ops.jsonl
+  metrics.prom                  Prometheus text exposition of the run totals (`--metrics-format prometheus`)
   points.jsonl                  sweeps: one JSON line per finished point, appended and fsynced at once
   plots/*.png, plots/*.svg      figures;  report.html, report.md  the report
 Writes that replace a file go through a temporary file and an atomic rename, so an interrupted
@@ -23,7 +24,14 @@ from typing import Any
 
 import pandas as pd
 
-from analysis.frames import memory_frame, requests_frame, steps_frame, summary_frame, summary_row
+from analysis.frames import (
+    memory_frame,
+    monitor_frame,
+    requests_frame,
+    steps_frame,
+    summary_frame,
+    summary_row,
+)
 from sim.results import SimResult
 
 SUMMARY_CSV = "summary.csv"
@@ -33,7 +41,7 @@ CONFIG_JSON = "config.json"
 POINTS_FILE = "points.jsonl"
 RUNS_DIR = "runs"
 PLOTS_DIR = "plots"
-RECORD_KINDS = ("requests", "steps", "memory")
+RECORD_KINDS = ("requests", "steps", "memory", "monitor")
 
 
 def slug(name: str) -> str:
@@ -174,12 +182,13 @@ def save_run(out_dir: Path, result: SimResult, *, csv: bool = False, name: str |
     write_table(requests_frame(result), d / "requests", csv)
     write_table(steps_frame(result), d / "steps", csv)
     write_table(memory_frame(result), d / "memory", csv)
+    write_table(monitor_frame(result), d / "monitor", csv)
     atomic_write_text(d / "summary.json", to_json(summary_row(result)) + "\n")
     return d
 
 
 def read_runs(out_dir: Path, kind: str, order: Iterable[str] = ()) -> pd.DataFrame:
-    """One record kind ("requests", "steps", "memory") of every run under runs/, concatenated.
+    """One record kind ("requests", "steps", "memory", "monitor") of every run under runs/, concatenated.
 
     Runs named in `order` (system labels, e.g. summary.csv's order) come first, in that order.
     """
@@ -254,6 +263,7 @@ class ResultsBundle:
     steps: pd.DataFrame = field(default_factory=pd.DataFrame)
     memory: pd.DataFrame = field(default_factory=pd.DataFrame)
     points: pd.DataFrame = field(default_factory=pd.DataFrame)
+    monitor: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def load_results(out_dir: Path | str) -> ResultsBundle:
@@ -269,6 +279,6 @@ def load_results(out_dir: Path | str) -> ResultsBundle:
         path=d, config=read_config(d), summary=summary,
         requests=read_runs(d, "requests", order), steps=read_runs(d, "steps", order),
         memory=read_runs(d, "memory", order),
-        points=points,
+        points=points, monitor=read_runs(d, "monitor", order),
     )
 
