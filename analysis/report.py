@@ -193,10 +193,10 @@ def _sections(bundle: ResultsBundle, figs: dict[str, Path]) -> list[Section]:
                             figures=(figs["memory_over_time"],)))
     mon = [c for c in MONITOR_COLUMNS if c in s.columns]
     if "allocator_monitor" in figs or len(mon) > 2:
-        tables = (s[mon],) if len(mon) > 2 else ()
+        mon_tables: tuple[pd.DataFrame, ...] = (s[mon],) if len(mon) > 2 else ()
         swp = [c for c in SWAP_COLUMNS if c in s.columns]
         if "swap_out_blocks" in s.columns and (s["swap_out_blocks"].fillna(0) > 0).any():
-            tables += (s[swp],)
+            mon_tables += (s[swp],)
         secs.append(Section(
             "allocator", "Allocator monitoring",
             "Run totals of the KV-cache allocator: free blocks (time-weighted mean and minimum), fresh block "
@@ -205,7 +205,7 @@ def _sections(bundle: ResultsBundle, figs: dict[str, Path]) -> list[Section]:
             "sliding window; when anything was swapped, bytes and PCIe time each way, the transfer time on "
             "the steps' critical path and how many prefetched swap-ins the forward pass hid. Contiguous "
             "caches count 1-slot blocks. The per-sample series are runs/<system>/monitor.parquet.",
-            tables, tuple(figs[k] for k in ("allocator_monitor",) if k in figs)))
+            mon_tables, tuple(figs[k] for k in ("allocator_monitor",) if k in figs)))
     sweep_figs = tuple(figs[k] for k in ("block_size_sweep", "rate_sweep", "sharing_n", "sharing_beam_width")
                        if k in figs)
     if not bundle.points.empty:

@@ -69,10 +69,10 @@ class Monitor:
         if self.paged:
             free = c.num_free_blocks
             used = c.num_blocks - free
-            hist = c.ref_count_histogram()
+            r1, r2, r3, r5, r9 = c.ref_count_histogram()
         else:
             free, used = c.free_slots, c.used_slots
-            hist = (used, 0, 0, 0, 0)
+            r1, r2, r3, r5, r9 = used, 0, 0, 0, 0
         rate = reuse = _NAN
         if s:
             p = s[-1]
@@ -85,7 +85,8 @@ class Monitor:
         s.append(MonitorSample(
             now, free, used, used * self.unit_bytes, rate, reuse,
             100.0 * mem.internal_frag / cap if cap else _NAN, 100.0 * mem.external_frag / cap if cap else _NAN,
-            *hist, alloc, reused, self.cows(), sw.total_out if sw else 0, sw.total_in if sw else 0, released))
+            r1, r2, r3, r5, r9, alloc, reused, self.cows(), sw.total_out if sw else 0, sw.total_in if sw else 0,
+            released))
 
     # ---- run totals ---------------------------------------------------------------------------
     def totals(self, end_s: float, duration_s: float) -> dict[str, Any]:
