@@ -151,6 +151,44 @@ def test_speculative_verification_tokens_count() -> None:
     assert k4["linear"] > one["linear"] and k4["attn_decode"] >= one["attn_decode"]
 
 
+def _with_sums(b: BatchShape) -> BatchShape:
+    """The same batch with the engine's optional precomputed decode sums."""
+    dc, bs = b.decode_context_lens, b.block_size or 0
+    return BatchShape(b.prefill_chunk_lens, b.prefill_context_lens, dc, bs, b.kv_dtype,
+                      b.num_decode_tokens_per_seq, decode_ctx_sum=int(dc.sum()),
+                      decode_blocks_sum=int(((dc + bs - 1) // bs).sum()) if bs else None)
+
+
+@settings(max_examples=150, deadline=None)
+@given(ctx=st.lists(st.integers(1, 5000), max_size=60), prefill=st.lists(st.integers(1, 3000), max_size=3),
+       bs=st.sampled_from([0, 1, 8, 16, 32]), q=st.booleans(), dtype=st.sampled_from(["fp16", "fp8_e4m3", "int8:per_head"]),
+       model=st.sampled_from(["opt-13b", "mistral-7b", "llama-2-70b"]))
+def test_precomputed_sums_give_bit_identical_times(ctx: list[int], prefill: list[int], bs: int, q: bool,
+                                                    dtype: str, model: str) -> None:
+    """The engine's kept sums (and step_time's decode-only fast path) change no bit of any model's time."""
+    m, g = get_model(model), get_gpu("a100-80gb")
+    b = BatchShape.build(prefill=prefill, decode=ctx, block_size=bs, kv_dtype=dtype,
+                         decode_tokens=[2] * len(ctx) if q else None)
+    hinted = _with_sums(b)
+    tp = 2 if model == "llama-2-70b" else 1
+    for lm in (RooflineLatency(m, g, tensor_parallel=tp), CalibratedLatency(_calibrated(), m, g, tensor_parallel=tp)):
+        plain = lm.step_time(b)
+        assert lm.step_time(hinted) == plain
+        assert plain == (sum(lm.terms(b)) + lm.overhead_s if b.num_seqs else 0.0)
+        assert lm.breakdown(hinted) == lm.breakdown(b)
+
+
+def test_precomputed_sums_are_checked() -> None:
+    ok = BatchShape(np.zeros(0), np.zeros(0), np.array([5, 17]), 16, decode_ctx_sum=22, decode_blocks_sum=3)
+    assert ok.decode_ctx_sum == 22
+    with pytest.raises(SpecError, match=r"decode_ctx_sum = 21 but the arrays give 22"):
+        BatchShape(np.zeros(0), np.zeros(0), np.array([5, 17]), 16, decode_ctx_sum=21)
+    with pytest.raises(SpecError, match=r"decode_blocks_sum = 2 but the arrays give 3"):
+        BatchShape(np.zeros(0), np.zeros(0), np.array([5, 17]), 16, decode_blocks_sum=2)
+    # Contiguous batches have no blocks: the blocks sum is not used there and not checked.
+    assert BatchShape(np.zeros(0), np.zeros(0), np.array([5]), None, decode_blocks_sum=99).block_size == 0
+
+
 def test_tensor_parallel_halves_weight_time_and_adds_comm() -> None:
     m, g = get_model("llama-2-70b"), get_gpu("h100-sxm")
     r2, r4 = RooflineLatency(m, g, tensor_parallel=2), RooflineLatency(m, g, tensor_parallel=4)
