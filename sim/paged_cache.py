@@ -104,7 +104,7 @@ class PagedKVCache:
     @property
     def num_used_blocks(self) -> int:
         """Blocks referenced by at least one block table."""
-        return self._pool.num_used
+        return self.num_blocks - len(self._pool.free_queue)
 
     @property
     def total_cows(self) -> int:
@@ -132,6 +132,8 @@ class PagedKVCache:
 
     def ref_count_histogram(self) -> tuple[int, int, int, int, int]:
         """Used blocks by reference count: (1, 2, 3-4, 5-8, > 8 block-table entries). O(distinct counts)."""
+        if not self._shared:  # nothing shared (the common case; read every step by the monitor)
+            return self.num_blocks - len(self._pool.free_queue), 0, 0, 0, 0
         h = [0, 0, 0, 0, 0]
         for r, n in self._shared.items():
             h[1 if r == 2 else 2 if r <= 4 else 3 if r <= 8 else 4] += n
