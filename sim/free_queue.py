@@ -119,9 +119,10 @@ class FreeBlockQueue:
         """append each block in order (the last one ends at the tail), linking the chain once."""
         if not block_ids:
             return
-        for b in block_ids:
-            self._check_absent(b)
         s, nxt, prv = self._n, self._next, self._prev
+        for b in block_ids:
+            if type(b) is not int or not 0 <= b < s or nxt[b] != -1:
+                self._check_absent(b)  # raises naming the block (the inline test is the fast common case)
         p = prv[s]
         for b in block_ids:
             nxt[p] = b
@@ -135,9 +136,10 @@ class FreeBlockQueue:
         """appendleft each block in order (the last one ends at the head), like deque.extendleft."""
         if not block_ids:
             return
-        for b in block_ids:
-            self._check_absent(b)
         s, nxt, prv = self._n, self._next, self._prev
+        for b in block_ids:
+            if type(b) is not int or not 0 <= b < s or nxt[b] != -1:
+                self._check_absent(b)  # raises naming the block
         h = nxt[s]
         for b in block_ids:
             prv[h] = b
