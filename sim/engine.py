@@ -137,6 +137,7 @@ class Engine:
     def _loop(self) -> Generator[simpy.Event, Any, None]:
         env, s = self.env, self.sched
         step_time, batch, record, timeout = self.latency.step_time, self._batch, self._record_step, env.timeout
+        peek = env.peek
         iv = self.config.memory_sample_interval_s
         while True:
             if not (s.waiting or s.running or s.swapped):
@@ -173,7 +174,13 @@ class Engine:
             if out.swap_time_s:
                 dt = self._swap_time(out, dt)
             record(out, now, dt)
-            yield timeout(dt)
+            end = now + dt  # the time SimPy would give this step's timeout event
+            if peek() > end:
+                # No arrival or cancel falls due before the step ends: yielding a timeout would only pop
+                # it again, so the clock moves to its end directly (the same float; ~6% of a run).
+                env._now = end
+            else:
+                yield timeout(dt)
             complete_step(s, out, env.now)
             if self.check:
                 self.check_invariants()
