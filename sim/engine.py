@@ -236,10 +236,9 @@ class Engine:
             used = c.num_blocks - free
         else:
             used, free = c.used_slots, c.free_slots
-        alloc, reused, released = self.monitor.step_deltas()
         rec = StepRecord(len(self.steps), start, dt, bs, out.num_prefill_tokens, out.num_decode_tokens, used, free,
                          out.num_cows, out.swap_out_blocks, out.swap_in_blocks, len(out.preempted),
-                         len(self.sched.waiting), alloc, reused, released)
+                         len(self.sched.waiting))
         if out.swap_time_s:
             bb = self.sched.swap.block_bytes if self.sched.swap is not None else 0.0
             rec.swap_out_bytes, rec.swap_in_bytes = out.swap_out_blocks * bb, out.swap_in_blocks * bb
@@ -333,7 +332,7 @@ class Engine:
         sample = MemorySample(now, float(used - (sa - logical) - stp), float(sf - sc), float(sa - sf + stp),
                               float(ss), float(ext), float(free - ext), float(logical - stl), float(self.capacity))
         mem.append(sample)
-        self.monitor.sample(now, sample)
+        self.monitor.sample(now, sample, used_blocks if self._paged else used)
         if self._paged:
             self._blocks.append((now, sa // self.ops.block_size, used_blocks))
 
@@ -384,7 +383,7 @@ class Engine:
                    kv_bytes_per_token=self.res.kv_bytes_per_token, model=self.res.model.name,
                    gpu=self.res.gpu.name, latency_model=self.latency.name)
         result = SimResult(system=system_label(self.config.cache), config=cfg, requests=records,
-                           steps=self.steps, memory=self.memory, monitor=self.monitor.samples)
+                           steps=self.steps, memory=self.memory, monitor=self.monitor.finish())
         totals = StepTotals.from_steps(result) if self._record else self.totals
         result.summary = summarize(result, totals=totals, end_s=end)
         result.summary.update(self._extras(end, result.summary["duration_s"]))

@@ -9,6 +9,7 @@ counts)). Samples are taken with the memory samples: every step by default, at m
 
 from __future__ import annotations
 
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,7 @@ from sim.results import MemorySample, MonitorSample
 from sim.swap import SwapSpace
 
 _NAN = float("nan")
+_MEANS = ("free_blocks", "kv_bytes_used", "refs_1", "refs_2", "refs_3_4", "refs_5_8", "refs_gt8")
 
 
 class Monitor:
@@ -35,8 +37,9 @@ class Monitor:
         self.paged = isinstance(ops.cache, PagedKVCache)
         self.swap = swap
         self.unit_bytes = float(unit_bytes)
-        self.samples: list[MonitorSample] = []
-        self._step_mark = (0, 0, 0)
+        self.pool = self.cache.num_blocks if self.paged else self.cache.capacity_tokens
+        self.samples: list[MonitorSample] = []  # built by finish()
+        self._rows: list[tuple[Any, ...]] = []  # raw counters per sample (the per-step path)
 
     # ---- counters -----------------------------------------------------------------------------
     def counters(self) -> tuple[int, int, int]:
@@ -46,47 +49,45 @@ class Monitor:
             return c.num_blocks_allocated, c.num_blocks_reused, c.num_window_released
         return self.ops.slots_allocated, 0, 0
 
-    def step_deltas(self) -> tuple[int, int, int]:
-        """Counters since the previous call (the engine calls it once per recorded step)."""
-        now = self.counters()
-        m = self._step_mark
-        self._step_mark = now
-        return now[0] - m[0], now[1] - m[1], now[2] - m[2]
-
-    def cows(self) -> int:
-        """Copy-on-write copies so far (copies made while rebuilding a swapped-in group excluded)."""
-        return self.cache.total_cows - self.ops.cows_ignored if self.paged else 0
-
     # ---- samples ------------------------------------------------------------------------------
-    def sample(self, now: float, mem: MemorySample) -> None:
-        """Append a sample at `now` (replacing one taken at the same instant); `mem` is the memory
-        sample of the same instant (its fragmentation categories are reported here too)."""
-        s = self.samples
-        if s and s[-1].time_s == now:
-            s.pop()
-        c = self.cache
-        alloc, reused, released = self.counters()
+    def sample(self, now: float, mem: MemorySample, used: int) -> None:
+        """Record a sample at `now` (replacing one taken at the same instant): `mem` is the memory
+        sample of the same instant (its fragmentation categories are reported here too), `used` the
+        pool units in use. This per-step path keeps only a tuple of counters; `finish()` builds the
+        records (with their rates) once, at the end of the run."""
+        rows = self._rows
+        if rows and rows[-1][0] == now:
+            rows.pop()
         if self.paged:
-            free = c.num_free_blocks
-            used = c.num_blocks - free
-            r1, r2, r3, r5, r9 = c.ref_count_histogram()
+            c, sw = self.cache, self.swap
+            rows.append((now, used, c.num_blocks_allocated, c.num_blocks_reused, c.num_window_released,
+                         c.total_cows - self.ops.cows_ignored, sw.total_out if sw else 0, sw.total_in if sw else 0,
+                         c.ref_count_histogram(), mem))
         else:
-            free, used = c.free_slots, c.used_slots
-            r1, r2, r3, r5, r9 = used, 0, 0, 0, 0
-        rate = reuse = _NAN
-        if s:
-            p = s[-1]
-            dt = now - p.time_s
-            da, dr = alloc - p.blocks_allocated_total, reused - p.blocks_reused_total
-            rate = da / dt if dt > 0 else _NAN
-            reuse = dr / (da + dr) if da + dr else _NAN
-        cap = mem.capacity
-        sw = self.swap
-        s.append(MonitorSample(
-            now, free, used, used * self.unit_bytes, rate, reuse,
-            100.0 * mem.internal_frag / cap if cap else _NAN, 100.0 * mem.external_frag / cap if cap else _NAN,
-            r1, r2, r3, r5, r9, alloc, reused, self.cows(), sw.total_out if sw else 0, sw.total_in if sw else 0,
-            released))
+            rows.append((now, used, self.ops.slots_allocated, 0, 0, 0, 0, 0, None, mem))
+
+    def finish(self) -> list[MonitorSample]:
+        """The samples as MonitorSample records (built once, at the end of the run)."""
+        if len(self.samples) == len(self._rows):
+            return self.samples
+        pool, unit, nan = self.pool, self.unit_bytes, _NAN
+        out: list[MonitorSample] = []
+        append = out.append
+        t0 = a0 = r0 = None
+        for now, used, alloc, reused, released, cows, s_out, s_in, hist, mem in self._rows:
+            r1, r2, r3, r5, r9 = hist if hist is not None else (used, 0, 0, 0, 0)
+            rate = reuse = nan
+            if t0 is not None:
+                dt, da, dr = now - t0, alloc - a0, reused - r0
+                rate = da / dt if dt > 0 else nan
+                reuse = dr / (da + dr) if da + dr else nan
+            t0, a0, r0 = now, alloc, reused
+            pct = 100.0 / mem.capacity if mem.capacity else nan
+            append(MonitorSample(now, pool - used, used, used * unit, rate, reuse, mem.internal_frag * pct,
+                                 mem.external_frag * pct, r1, r2, r3, r5, r9, alloc, reused, cows, s_out, s_in,
+                                 released))
+        self.samples = out
+        return out
 
     # ---- run totals ---------------------------------------------------------------------------
     def totals(self, end_s: float, duration_s: float) -> dict[str, Any]:
@@ -95,24 +96,30 @@ class Monitor:
         alloc, reused, released = self.counters()
         out: dict[str, Any] = {
             "monitor_unit": "block" if self.paged else "slot",
-            "pool_blocks": self.cache.num_blocks if self.paged else self.cache.capacity_tokens,
+            "pool_blocks": self.pool,
             "blocks_allocated": alloc,
             "blocks_reused": reused,
             "alloc_rate_blocks_per_s": alloc / duration_s if duration_s > 0 else _NAN,
             "reuse_rate": reused / (alloc + reused) if alloc + reused else _NAN,
             "window_released_blocks": released,
         }
-        s = self.samples
-        names = ("free_blocks", "kv_bytes_used", "refs_1", "refs_2", "refs_3_4", "refs_5_8", "refs_gt8")
-        if not s:
-            out.update({f"mean_{n}": _NAN for n in names}, min_free_blocks=_NAN, peak_kv_bytes_used=_NAN)
+        rows = self._rows
+        if not rows:
+            out.update({f"mean_{n}": _NAN for n in _MEANS}, min_free_blocks=_NAN, peak_kv_bytes_used=_NAN)
             return out
-        t = np.array([x.time_s for x in s])
-        w = np.maximum(np.diff(np.append(t, max(end_s, t[-1]))), 0.0)
-        total = w.sum()
-        for n in names:
-            v = np.array([getattr(x, n) for x in s], dtype=float)
-            out[f"mean_{n}"] = float((v * w).sum() / total) if total > 0 else float(v[-1])
-        out["min_free_blocks"] = min(x.free_blocks for x in s)
-        out["peak_kv_bytes_used"] = max(x.kv_bytes_used for x in s)
+        t = np.fromiter((r[0] for r in rows), dtype=float, count=len(rows))
+        used = np.fromiter((r[1] for r in rows), dtype=float, count=len(rows))
+        if self.paged:
+            n = len(rows)
+            hist = np.fromiter(chain.from_iterable(r[8] for r in rows), dtype=float, count=5 * n).reshape(n, 5)
+        else:
+            hist = np.zeros((len(rows), 5))
+            hist[:, 0] = used
+        cols = np.column_stack([self.pool - used, used * self.unit_bytes, hist])
+        w = np.maximum(np.diff(np.append(t, max(end_s, t[-1]))), 0.0)  # each sample holds until the next
+        means = (cols * w[:, None]).sum(axis=0) / w.sum() if w.sum() > 0 else cols[-1]
+        for n, v in zip(_MEANS, means.tolist(), strict=True):
+            out[f"mean_{n}"] = v
+        out["min_free_blocks"] = int(self.pool - used.max())
+        out["peak_kv_bytes_used"] = float(used.max()) * self.unit_bytes
         return out

@@ -50,10 +50,9 @@ class StepRecord:
     """One scheduler iteration (one model forward pass).
 
     duration_s includes the PCIe transfers on the step's critical path (swap_s); swap_hidden_s is
-    transfer time hidden behind the forward pass (swap-in prefetch). blocks_allocated / blocks_reused:
-    block-table entries filled since the previous step with a fresh block from the pool (copy-on-write
-    copies included) / with an existing block (prefix-cache hit or fork). Paged counts; contiguous
-    caches count reserved slots as allocations and never reuse.
+    transfer time hidden behind the forward pass (swap-in prefetch). The allocator's counters (fresh
+    and reused block allocations, window releases, the ref-count histogram) are in MonitorSample,
+    taken with each memory sample (every step by default).
     """
 
     step: int
@@ -69,9 +68,6 @@ class StepRecord:
     num_swaps_in: int
     num_preempted: int
     num_waiting: int
-    blocks_allocated: int = 0
-    blocks_reused: int = 0
-    blocks_window_released: int = 0  # table entries dropped by the sliding window since the previous step
     swap_out_bytes: float = 0.0
     swap_in_bytes: float = 0.0
     swap_s: float = 0.0

@@ -57,7 +57,7 @@ def test_monitor_samples_of_parallel_sampling() -> None:
     # Step 0 allocates the 6-token prompt (2 blocks). After it two forks share both blocks (4 reuses);
     # in step 1 the first two samples copy the shared partial block 1 (2 fresh blocks) and the third
     # writes into it. Held in step 1: block 0 (ref 3), block 1 and the 2 copies (ref 1 each).
-    assert [(s.blocks_allocated, s.blocks_reused) for s in res.steps] == [(2, 0), (2, 4), (0, 0)]
+    assert [(m.blocks_allocated_total, m.blocks_reused_total) for m in res.monitor[:3]] == [(2, 0), (4, 4), (4, 4)]
     m = res.monitor[1]
     assert (m.time_s, m.used_blocks, m.free_blocks) == (pytest.approx(0.1), 4, 12)
     assert (m.refs_1, m.refs_2, m.refs_3_4, m.refs_5_8, m.refs_gt8) == (3, 0, 1, 0, 0)
