@@ -30,7 +30,7 @@ from sim.request import RequestSpec, SpecError
 from sim.results import MemorySample, SimResult, StepRecord
 from sim.scheduler import Scheduler, SchedulerOutput
 from sim.sequence import CTX, DROP, FINAL, NBLK, REJECTED, SHARE, SPEC, SeqGroup, SeqTable
-from sim.swap import SwapSpace, overlap_swap_in
+from sim.swap import SwapSpace, SwapStats
 from sim.window import stale_sums
 
 _EMPTY = np.zeros(0, dtype=np.int64)
@@ -93,9 +93,7 @@ class Engine:
         self.sched = Scheduler(self.ops, config.scheduler, token_budget=res.token_budget, swap=swap,
                                rng=self.rng)
         self.monitor = Monitor(self.ops, swap, unit_bytes=unit_bytes)
-        self.prefetch = config.scheduler.swap_prefetch
-        self.swap_exposed_s = self.swap_hidden_s = 0.0  # PCIe time on / off the steps' critical path
-        self.num_prefetches = self.num_prefetch_hidden = 0
+        self.swap_stats = SwapStats(config.scheduler.swap_prefetch)
         self.groups: list[SeqGroup] = []
         self.steps: list[StepRecord] = []
         self.memory: list[MemorySample] = []
@@ -172,7 +170,7 @@ class Engine:
                     assert self.memory[-1] == bd.sample(now), "inlined breakdown drifted"
             dt = step_time(batch(out))
             if out.swap_time_s:
-                dt = self._swap_time(out, dt)
+                dt = self.swap_stats.step(out, dt)
             record(out, now, dt)
             end = now + dt  # the time SimPy would give this step's timeout event
             if peek() > end:
@@ -209,21 +207,6 @@ class Engine:
             out.decode_q
         b.decode_ctx_sum, b.decode_blocks_sum = ksum, bsum
         return b
-
-    def _swap_time(self, out: SchedulerOutput, compute: float) -> float:
-        """The step's duration with its swaps: a swap-out precedes the forward pass (the blocks it frees
-        are written by it); a swap-in is on the critical path, or with prefetch overlaps the forward
-        pass on a copy stream and only its part beyond the compute time extends the step."""
-        exposed_in, hidden = out.swap_in_s, 0
-        if self.prefetch and out.swap_in_s:
-            exposed_in, hidden = overlap_swap_in(out.swap_in_groups_s, compute)
-            self.num_prefetches += len(out.swap_in_groups_s)
-            self.num_prefetch_hidden += hidden
-        out.swap_hidden = hidden
-        out.swap_exposed_s = out.swap_out_s + exposed_in
-        self.swap_exposed_s += out.swap_exposed_s
-        self.swap_hidden_s += out.swap_in_s - exposed_in
-        return compute + out.swap_exposed_s
 
     def _record_step(self, out: SchedulerOutput, start: float, dt: float) -> None:
         bs = len(out.prefills) + out.decode_ctx.size
@@ -410,14 +393,7 @@ class Engine:
             out["prefix_cache_hit_rate"] = (c.num_cache_hits / c.num_cache_queries
                                             if c.num_cache_queries else float("nan"))
             assert s.swap is not None
-            sw = s.swap
-            out.update(swap_out_blocks=sw.total_out, swap_in_blocks=sw.total_in, swap_out_bytes=sw.bytes_out,
-                       swap_in_bytes=sw.bytes_in, swap_out_s=sw.transfer_time(sw.total_out),
-                       swap_in_s=sw.transfer_time(sw.total_in), swap_exposed_s=self.swap_exposed_s,
-                       swap_hidden_s=self.swap_hidden_s, num_prefetches=self.num_prefetches,
-                       num_prefetch_hidden=self.num_prefetch_hidden,
-                       prefetch_hidden_pct=(100.0 * self.num_prefetch_hidden / self.num_prefetches
-                                            if self.num_prefetches else float("nan")))
+            out.update(self.swap_stats.summary(s.swap))
         return out
 
 

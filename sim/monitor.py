@@ -110,16 +110,16 @@ class Monitor:
         t = np.fromiter((r[0] for r in rows), dtype=float, count=len(rows))
         used = np.fromiter((r[1] for r in rows), dtype=float, count=len(rows))
         if self.paged:
-            n = len(rows)
-            hist = np.fromiter(chain.from_iterable(r[8] for r in rows), dtype=float, count=5 * n).reshape(n, 5)
+            k = len(rows)
+            hist = np.fromiter(chain.from_iterable(r[8] for r in rows), dtype=float, count=5 * k).reshape(k, 5)
         else:
             hist = np.zeros((len(rows), 5))
             hist[:, 0] = used
         cols = np.column_stack([self.pool - used, used * self.unit_bytes, hist])
         w = np.maximum(np.diff(np.append(t, max(end_s, t[-1]))), 0.0)  # each sample holds until the next
         means = (cols * w[:, None]).sum(axis=0) / w.sum() if w.sum() > 0 else cols[-1]
-        for n, v in zip(_MEANS, means.tolist(), strict=True):
-            out[f"mean_{n}"] = v
+        for name, v in zip(_MEANS, means.tolist(), strict=True):
+            out[f"mean_{name}"] = v
         out["min_free_blocks"] = int(self.pool - used.max())
         out["peak_kv_bytes_used"] = float(used.max()) * self.unit_bytes
         return out

@@ -2,12 +2,17 @@
 
 Swap-mode preemption copies a sequence group's physical blocks here and frees them on the GPU;
 swapping in copies them back. Only sizes and transfer times are modelled (no block identities).
-`overlap_swap_in` is the prefetch model: swap-in copies overlapping a forward pass.
+`overlap_swap_in` is the prefetch model (swap-in copies overlapping a forward pass) and `SwapStats`
+applies it to each step and keeps the run's transfer statistics.
 """
 
 from __future__ import annotations
 
 from collections.abc import Hashable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sim.scheduler import SchedulerOutput
 
 
 class SwapSpaceError(Exception):
@@ -117,3 +122,43 @@ def overlap_swap_in(group_times: list[float], compute_s: float) -> tuple[float, 
         if done <= compute_s:
             hidden += 1
     return max(0.0, done - compute_s), hidden
+
+
+class SwapStats:
+    """How a run's swap transfers met its steps: time on / off the critical path, prefetch hits.
+
+    A swap-out precedes the forward pass (the blocks it frees are written by it). A swap-in is on the
+    critical path, or with `prefetch` overlaps the forward pass on a copy stream (overlap_swap_in).
+    """
+
+    def __init__(self, prefetch: bool) -> None:
+        self.prefetch = prefetch
+        self.exposed_s = 0.0  # transfer time that lengthened steps
+        self.hidden_s = 0.0  # transfer time hidden behind forward passes
+        self.num_prefetches = 0
+        self.num_prefetch_hidden = 0
+
+    def step(self, out: SchedulerOutput, compute_s: float) -> float:
+        """The step's duration with its swaps; sets out.swap_exposed_s and out.swap_hidden."""
+        exposed_in, hidden = out.swap_in_s, 0
+        if self.prefetch and out.swap_in_s:
+            exposed_in, hidden = overlap_swap_in(out.swap_in_groups_s, compute_s)
+            self.num_prefetches += len(out.swap_in_groups_s)
+            self.num_prefetch_hidden += hidden
+        out.swap_hidden = hidden
+        out.swap_exposed_s = out.swap_out_s + exposed_in
+        self.exposed_s += out.swap_exposed_s
+        self.hidden_s += out.swap_in_s - exposed_in
+        return compute_s + out.swap_exposed_s
+
+    def summary(self, space: SwapSpace) -> dict[str, Any]:
+        """Summary extras: blocks, bytes and PCIe seconds each way, exposed / hidden time, prefetch hits."""
+        n = self.num_prefetches
+        return {
+            "swap_out_blocks": space.total_out, "swap_in_blocks": space.total_in,
+            "swap_out_bytes": space.bytes_out, "swap_in_bytes": space.bytes_in,
+            "swap_out_s": space.transfer_time(space.total_out), "swap_in_s": space.transfer_time(space.total_in),
+            "swap_exposed_s": self.exposed_s, "swap_hidden_s": self.hidden_s,
+            "num_prefetches": n, "num_prefetch_hidden": self.num_prefetch_hidden,
+            "prefetch_hidden_pct": 100.0 * self.num_prefetch_hidden / n if n else float("nan"),
+        }
