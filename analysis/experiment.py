@@ -3,7 +3,7 @@
 Built from built-in defaults, a TOML file (`pagesim run --config exp.toml`), CLI options, or sweep
 overrides (`with_overrides`), validated with one-line errors naming the field and its valid range.
 `to_dict()` is the effective configuration saved next to the results (config.toml re-runs it).
-System names: paged[-B][+prefix], max|pow2|oracle (= contig-POLICY[-PLACEMENT]).
+System names: paged[-B][+prefix], max|pow2|pow2-output|oracle (= contig-POLICY[-PLACEMENT]).
 """
 
 from __future__ import annotations
@@ -248,7 +248,8 @@ def parse_system(name: str, block_size: int = 16, placement: str = "first_fit",
                  prefix_caching: bool = False) -> CacheSpec:
     """'paged', 'paged-32', 'paged-16+prefix', 'max', 'pow2-best_fit', 'contig-oracle-buddy' -> CacheSpec."""
     s = str(name).strip().lower()
-    valid = "paged[-B][+prefix], max, pow2, oracle (optionally contig- prefix and -first_fit/-best_fit/-buddy)"
+    valid = ("paged[-B][+prefix], max, pow2, pow2-output, oracle (optionally contig- prefix and "
+             "-first_fit/-best_fit/-buddy)")
     if s.startswith("paged"):
         rest = s[len("paged"):]
         pc = prefix_caching
@@ -260,8 +261,10 @@ def parse_system(name: str, block_size: int = 16, placement: str = "first_fit",
             block_size = int(rest[1:])
         return PagedCacheSpec(block_size=block_size, prefix_caching=pc)
     s = s.removeprefix("contig-")
-    policy, _, place = s.partition("-")
-    if policy not in CONTIG_POLICIES or (place and place not in CONTIG_PLACEMENTS):
+    # A policy name may itself hold a '-' ("pow2-output"): take the longest policy the name starts with.
+    policy = next((p for p in sorted(CONTIG_POLICIES, key=len, reverse=True) if s == p or s.startswith(p + "-")), "")
+    place = s[len(policy) + 1:] if policy else ""
+    if not policy or (place and place not in CONTIG_PLACEMENTS):
         raise ConfigError(f"system '{name}' not understood (valid: {valid})")
     return ContiguousCacheSpec(policy=policy, placement=place or placement)
 

@@ -17,7 +17,7 @@ PREEMPTION_MODES: tuple[str, ...] = ("recompute", "swap")
 TOO_LONG_RULES: tuple[str, ...] = ("reject", "truncate", "error")
 # Mirrors sim.contiguous_cache.RESERVATION_POLICIES / sim.extent_allocator.PLACEMENTS; a test checks
 # they agree (kept here so validating a config does not import the allocators).
-CONTIG_POLICIES: tuple[str, ...] = ("max", "pow2", "oracle")
+CONTIG_POLICIES: tuple[str, ...] = ("max", "pow2", "pow2-output", "oracle")
 CONTIG_PLACEMENTS: tuple[str, ...] = ("first_fit", "best_fit", "buddy")
 
 
@@ -58,7 +58,9 @@ class ContiguousCacheSpec:
     """A contiguous cache: one reservation per sequence group placed in one address space.
 
     policy: how much a request reserves ("max": max_model_len, "pow2": next power of two of its final
-    length, "oracle": exactly its final length); placement: the extent allocator.
+    length, "pow2-output": its prompt plus the next power of two of its output length (the vLLM paper's
+    Orca (Pow2)), "oracle": exactly its final length; all capped at max_model_len); placement: the
+    extent allocator.
     """
 
     policy: str = "max"

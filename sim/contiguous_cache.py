@@ -1,9 +1,10 @@
 """The contiguous KV cache: each request reserves one extent of token slots up front and never grows.
 
 This is the pre-PagedAttention baseline (FasterTransformer/Orca style). A reservation policy sizes
-the extent (max_model_len, next power of two, or the exact final length); a placement policy puts it
-in one address space. Admission can tell "not enough free slots" from "enough free slots, but no
-hole large enough" (external fragmentation), measured from the real holes.
+the extent (max_model_len, next power of two of the whole length or of the output, or the exact
+final length); a placement policy puts it in one address space. Admission can tell "not enough free
+slots" from "enough free slots, but no hole large enough" (external fragmentation), measured from
+the real holes.
 """
 
 from __future__ import annotations
@@ -39,6 +40,15 @@ def reserve_pow2(prompt_len: int, final_len: int, max_model_len: int) -> int:
     return min(1 << (final_len - 1).bit_length(), max_model_len)
 
 
+def reserve_pow2_output(prompt_len: int, final_len: int, max_model_len: int) -> int:
+    """Reserve the prompt plus the next power of two >= the output length (final_len - prompt_len),
+    capped at max_model_len: the vLLM paper's Orca (Pow2), which over-reserves the output by up to 2x
+    (an output of 25 tokens reserves 32 slots for it)."""
+    _check_lens(prompt_len, final_len, max_model_len)
+    out = final_len - prompt_len
+    return min(prompt_len + (1 << (out - 1).bit_length() if out else 0), max_model_len)
+
+
 def reserve_oracle(prompt_len: int, final_len: int, max_model_len: int) -> int:
     """Reserve exactly prompt + output length (an oracle that knows the output length)."""
     _check_lens(prompt_len, final_len, max_model_len)
@@ -48,6 +58,7 @@ def reserve_oracle(prompt_len: int, final_len: int, max_model_len: int) -> int:
 RESERVATION_POLICIES: dict[str, Callable[[int, int, int], int]] = {
     "max": reserve_max,
     "pow2": reserve_pow2,
+    "pow2-output": reserve_pow2_output,
     "oracle": reserve_oracle,
 }
 """Policy name -> (prompt_len, final_len, max_model_len) -> slots to reserve."""

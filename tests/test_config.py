@@ -34,7 +34,7 @@ def _any(v: object) -> Any:
     (lambda: PagedCacheSpec(watermark=1.0), "cache.watermark", "[0, 1)"),
     (lambda: PagedCacheSpec(watermark=-0.1), "cache.watermark", "[0, 1)"),
     (lambda: PagedCacheSpec(prefix_caching=_any("yes")), "cache.prefix_caching", "true or false"),
-    (lambda: ContiguousCacheSpec(policy="exact"), "cache.policy", "max, pow2, oracle"),
+    (lambda: ContiguousCacheSpec(policy="exact"), "cache.policy", "max, pow2, pow2-output, oracle"),
     (lambda: ContiguousCacheSpec(placement="worst_fit"), "cache.placement", "first_fit, best_fit, buddy"),
     (lambda: SchedulerConfig(max_num_seqs=0), "scheduler.max_num_seqs", "integer >= 1"),
     (lambda: SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=4), "scheduler.max_num_batched_tokens",

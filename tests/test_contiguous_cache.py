@@ -18,6 +18,33 @@ def test_reservation_policies() -> None:
         assert final <= p2(1, final, 4096) < 2 * final
 
 
+def test_pow2_output_reserves_prompt_plus_rounded_output() -> None:
+    """The vLLM paper's Orca (Pow2): an output of 25 tokens reserves 32 slots for it."""
+    po = RESERVATION_POLICIES["pow2-output"]
+    assert po(100, 125, 2048) == 132 and po(100, 132, 2048) == 132 and po(100, 133, 2048) == 164
+    assert po(1000, 1600, 2048) == 2024 and po(1100, 1700, 2048) == 2048  # 1100 + 1024, capped
+    assert po(7, 7, 64) == 7  # no output: the prompt alone
+    for prompt in (1, 5, 161):
+        for out in range(1, 400):  # the output part is over-reserved by less than 2x
+            r = po(prompt, prompt + out, 8192)
+            assert prompt + out <= r < prompt + 2 * out
+
+
+def test_pow2_output_through_the_engine() -> None:
+    from sim.config import ContiguousCacheSpec, SimConfig, system_label
+    from sim.engine import simulate
+    from sim.request import RequestSpec
+
+    cache = ContiguousCacheSpec(policy="pow2-output")
+    assert system_label(cache) == "contig-pow2-output"
+    res = simulate([RequestSpec("a", 0.0, 100, 25), RequestSpec("b", 0.0, 30, 40, n=2)],
+                   SimConfig(kv_capacity_tokens=4096, cache=cache))
+    assert res.system == "contig-pow2-output"
+    # One extent per request: (prompt + next power of two of the output) per sequence, first fit exact.
+    assert [r.peak_blocks for r in res.requests] == [100 + 32, 2 * (30 + 64)]
+    assert all(r.status == "finished" for r in res.requests)
+
+
 def test_reservation_rejects_impossible_lengths() -> None:
     c = ContiguousKVCache(100, policy="oracle", max_model_len=64)
     with pytest.raises(ValueError, match="max_model_len"):

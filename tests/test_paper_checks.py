@@ -60,9 +60,11 @@ SYSTEMS: dict[str, PagedCacheSpec | ContiguousCacheSpec] = {
     "paged": PagedCacheSpec(block_size=16),
     "max": ContiguousCacheSpec(policy="max", placement="buddy"),  # the paper's Orca baselines use a
     "pow2": ContiguousCacheSpec(policy="pow2", placement="buddy"),  # buddy allocator
+    "pow2-output": ContiguousCacheSpec(policy="pow2-output", placement="buddy"),  # the paper's Orca (Pow2)
     "oracle": ContiguousCacheSpec(policy="oracle", placement="buddy"),
 }
-PAPER_TOKEN_SHARE = {"paged": 96.3, "max": 20.4, "pow2": 26.8, "oracle": 38.2}  # Fig. 2
+# Fig. 2; the paper's Pow2 is our "pow2-output" (our "pow2" rounds the whole length: no paper figure).
+PAPER_TOKEN_SHARE = {"paged": 96.3, "max": 20.4, "pow2-output": 26.8, "oracle": 38.2}
 PAPER_BATCH = {"paged": 30.42, "max": 7.00, "oracle": 13.62}  # Sec. 6.2, 2 req/s
 
 
@@ -82,7 +84,7 @@ def test_fig2_token_state_share_of_kv_memory(fig2_runs: dict[str, SimResult]) ->
     shares = {k: steady_share_of_used(r, *_window(last_arrival)) for k, r in fig2_runs.items()}
     print("\nFig. 2 token-state share of held KV memory (sim vs paper):")
     for k, v in shares.items():
-        print(f"  {k:7s} {v['token_states']:5.1f}%  (paper {PAPER_TOKEN_SHARE[k]}%)")
+        print(f"  {k:11s} {v['token_states']:5.1f}%  (paper {PAPER_TOKEN_SHARE.get(k, '-')}%)")
     # Paged: only the unfilled tail of each last block and the admission watermark are lost. With
     # 16-token blocks and ~30 running requests that is ~2-3%; the paper measured 3.7%.
     assert shares["paged"]["token_states"] == pytest.approx(96.3, abs=3.0)
@@ -92,9 +94,14 @@ def test_fig2_token_state_share_of_kv_memory(fig2_runs: dict[str, SimResult]) ->
     # Oracle under a buddy allocator rounds each exact reservation to a power of two (~1.4x) and loses
     # holes to external fragmentation: the paper's 38.2%; the sample spread is again a few points.
     assert shares["oracle"]["token_states"] == pytest.approx(38.2, abs=6.0)
-    # Pow2: our policy rounds the whole final length to a power of two, which a buddy allocator does
-    # anyway, so it equals Oracle here. The paper's Pow2 rounds the *output* length and then the buddy
-    # rounds again (26.8%); we only check the ordering Max < Pow2 <= Oracle < paged.
+    # The paper's Pow2 (our "pow2-output") reserves the prompt plus the output rounded up to a power of
+    # two, and the buddy allocator rounds that sum again: 26.8% in the paper, 30.4% here. Four 300-request
+    # samples (seeds 0-3) give 30.4-35.5%, so the sample alone moves it by ~5 points: +-6, as for Oracle.
+    assert shares["pow2-output"]["token_states"] == pytest.approx(26.8, abs=6.0)
+    assert (shares["max"]["token_states"] < shares["pow2-output"]["token_states"]
+            < shares["oracle"]["token_states"] - 5.0)
+    # Our "pow2" rounds the whole final length to a power of two, which a buddy allocator does anyway,
+    # so it equals Oracle here (no paper figure); we check Max < pow2 <= Oracle.
     assert shares["max"]["token_states"] < shares["pow2"]["token_states"] <= shares["oracle"]["token_states"] + 0.5
     assert shares["oracle"]["token_states"] < shares["paged"]["token_states"]
     # Where the contiguous waste goes: Max is dominated by internal fragmentation (over-reservation).
