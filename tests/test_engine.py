@@ -214,6 +214,6 @@ def test_docs_examples_run() -> None:
 
     doc = (Path(__file__).resolve().parent.parent / "docs" / "simulator.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", doc, flags=re.S)
-    assert len(blocks) == 3
+    assert len(blocks) == 7  # overview, lifecycle, latency stand-in, window, KV dtype, swap, monitor
     for code in blocks:
         exec(compile(code, "docs/simulator.md", "exec"), {})
