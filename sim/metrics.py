@@ -8,7 +8,10 @@ time-weighted means of the memory samples (each sample holds until the next one)
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass, fields
+from functools import reduce
+from itertools import chain
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
@@ -52,18 +55,16 @@ class StepTotals:
     @classmethod
     def from_steps(cls, result: SimResult) -> StepTotals:
         """Rebuild the totals from a result's step records."""
-        t = cls()
-        for st in result.steps:
-            t.num_steps += 1
-            t.sum_batch += st.batch_size
-            t.busy_s += st.duration_s
-            t.prefill_tokens += st.num_prefill_tokens
-            t.decode_tokens += st.num_decode_tokens
-            t.cows += st.num_cows
-            t.swap_out_blocks += st.num_swaps_out
-            t.swap_in_blocks += st.num_swaps_in
-            t.preempted += st.num_preempted
-        return t
+        steps = result.steps
+
+        def total(name: str) -> int:
+            return sum(map(attrgetter(name), steps))  # C-level passes: a run keeps one record per step
+
+        # Durations are added in step order, as add() does (a float sum's rounding depends on the order).
+        busy = reduce(operator.add, map(attrgetter("duration_s"), steps), 0.0)
+        return cls(len(steps), total("batch_size"), busy, total("num_prefill_tokens"),
+                   total("num_decode_tokens"), total("num_cows"), total("num_swaps_out"),
+                   total("num_swaps_in"), total("num_preempted"))
 
 
 def request_record(g: SeqGroup, *, paged: bool) -> RequestRecord:
@@ -105,7 +106,9 @@ def memory_means(result: SimResult, end_s: float | None = None) -> dict[str, flo
         return {}
     names = (*MEMORY_CATEGORIES, "logical_token_states", "capacity")
     # One pass over the samples (a run keeps one per step): a row of (time, categories...) each.
-    a = np.array(list(map(attrgetter("time_s", *names), mem)), dtype=float)
+    k = len(names) + 1
+    a = np.fromiter(chain.from_iterable(map(attrgetter("time_s", *names), mem)), dtype=float,
+                    count=k * len(mem)).reshape(len(mem), k)
     t = a[:, 0]
     w = np.diff(np.append(t, end_s if end_s is not None else t[-1]))
     w = np.maximum(w, 0.0)
