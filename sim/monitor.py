@@ -40,6 +40,10 @@ class Monitor:
         self.pool = self.cache.num_blocks if self.paged else self.cache.capacity_tokens
         self.samples: list[MonitorSample] = []  # built by finish()
         self._rows: list[tuple[Any, ...]] = []  # raw counters per sample (the per-step path)
+        self._built = False
+        self._t: np.ndarray = np.zeros(0)
+        self._used: np.ndarray = np.zeros(0)
+        self._hist: np.ndarray = np.zeros((0, 5))
 
     # ---- counters -----------------------------------------------------------------------------
     def counters(self) -> tuple[int, int, int]:
@@ -67,14 +71,24 @@ class Monitor:
             rows.append((now, used, self.ops.slots_allocated, 0, 0, 0, 0, 0, None, mem))
 
     def finish(self) -> list[MonitorSample]:
-        """The samples as MonitorSample records (built once, at the end of the run)."""
-        if len(self.samples) == len(self._rows):
+        """The samples as MonitorSample records, built once at the end of the run. The raw rows are
+        replaced one by one (so they never coexist with the records), after the columns the run totals
+        need are taken out of them."""
+        if self._built:
             return self.samples
+        rows: list[Any] = self._rows
+        k = len(rows)
+        self._t = np.fromiter((r[0] for r in rows), dtype=float, count=k)
+        self._used = np.fromiter((r[1] for r in rows), dtype=float, count=k)
+        if self.paged:
+            self._hist = np.fromiter(chain.from_iterable(r[8] for r in rows), dtype=float, count=5 * k).reshape(k, 5)
+        else:
+            self._hist = np.zeros((k, 5))
+            self._hist[:, 0] = self._used
         pool, unit, nan = self.pool, self.unit_bytes, _NAN
-        out: list[MonitorSample] = []
-        append = out.append
         t0 = a0 = r0 = None
-        for now, used, alloc, reused, released, cows, s_out, s_in, hist, mem in self._rows:
+        for i in range(k):
+            now, used, alloc, reused, released, cows, s_out, s_in, hist, mem = rows[i]
             r1, r2, r3, r5, r9 = hist if hist is not None else (used, 0, 0, 0, 0)
             rate = reuse = nan
             if t0 is not None:
@@ -83,16 +97,17 @@ class Monitor:
                 reuse = dr / (da + dr) if da + dr else nan
             t0, a0, r0 = now, alloc, reused
             pct = 100.0 / mem.capacity if mem.capacity else nan
-            append(MonitorSample(now, pool - used, used, used * unit, rate, reuse, mem.internal_frag * pct,
-                                 mem.external_frag * pct, r1, r2, r3, r5, r9, alloc, reused, cows, s_out, s_in,
-                                 released))
-        self.samples = out
-        return out
+            rows[i] = MonitorSample(now, pool - used, used, used * unit, rate, reuse, mem.internal_frag * pct,
+                                    mem.external_frag * pct, r1, r2, r3, r5, r9, alloc, reused, cows, s_out, s_in,
+                                    released)
+        self.samples, self._rows, self._built = rows, [], True
+        return self.samples
 
     # ---- run totals ---------------------------------------------------------------------------
     def totals(self, end_s: float, duration_s: float) -> dict[str, Any]:
         """Summary extras: run totals and time-weighted means over the samples (each holds until the
         next; the last until end_s)."""
+        self.finish()
         alloc, reused, released = self.counters()
         out: dict[str, Any] = {
             "monitor_unit": "block" if self.paged else "slot",
@@ -103,18 +118,10 @@ class Monitor:
             "reuse_rate": reused / (alloc + reused) if alloc + reused else _NAN,
             "window_released_blocks": released,
         }
-        rows = self._rows
-        if not rows:
+        t, used, hist = self._t, self._used, self._hist
+        if not t.size:
             out.update({f"mean_{n}": _NAN for n in _MEANS}, min_free_blocks=_NAN, peak_kv_bytes_used=_NAN)
             return out
-        t = np.fromiter((r[0] for r in rows), dtype=float, count=len(rows))
-        used = np.fromiter((r[1] for r in rows), dtype=float, count=len(rows))
-        if self.paged:
-            k = len(rows)
-            hist = np.fromiter(chain.from_iterable(r[8] for r in rows), dtype=float, count=5 * k).reshape(k, 5)
-        else:
-            hist = np.zeros((len(rows), 5))
-            hist[:, 0] = used
         cols = np.column_stack([self.pool - used, used * self.unit_bytes, hist])
         w = np.maximum(np.diff(np.append(t, max(end_s, t[-1]))), 0.0)  # each sample holds until the next
         means = (cols * w[:, None]).sum(axis=0) / w.sum() if w.sum() > 0 else cols[-1]
