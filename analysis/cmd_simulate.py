@@ -42,17 +42,14 @@ _HEADERS = {
     "num_preemptions": "preemptions", "sharing_savings_pct": "sharing saved %",
 }
 _HEADERS.update({f"{c}_of_used_pct": _HEADERS[f"{c}_pct"] for c in MEMORY_CATEGORIES})
-_HEADERS.update({
-    "mean_free_blocks": "free blocks (mean)", "min_free_blocks": "free blocks (min)",
-    "alloc_rate_blocks_per_s": "allocs/s", "reuse_rate": "reuse", "mean_refs_2": "refs=2", "mean_refs_3_4": "refs 3-4",
-    "mean_refs_5_8": "refs 5-8", "mean_refs_gt8": "refs>8", "num_cows": "CoW copies",
-    "window_released_blocks": "window-freed", "swap_out_bytes": "swapped out B", "swap_in_bytes": "swapped in B",
-    "swap_exposed_s": "swap on crit. path s", "prefetch_hidden_pct": "prefetch hidden %",
-})
-MONITOR_COLUMNS: tuple[str, ...] = (
-    "mean_free_blocks", "min_free_blocks", "alloc_rate_blocks_per_s", "reuse_rate", "mean_refs_2", "mean_refs_3_4",
-    "mean_refs_5_8", "mean_refs_gt8", "num_cows", "window_released_blocks", "swap_out_bytes", "swap_in_bytes",
-    "swap_exposed_s", "prefetch_hidden_pct")
+_MONITOR_HEADERS = {  # the allocator-monitor table: summary column -> header
+    "mean_free_blocks": "free blocks (mean)", "min_free_blocks": "free blocks (min)", "alloc_rate_blocks_per_s": "allocs/s",
+    "reuse_rate": "reuse", "mean_refs_2": "refs=2", "mean_refs_3_4": "refs 3-4", "mean_refs_5_8": "refs 5-8",
+    "mean_refs_gt8": "refs>8", "num_cows": "CoW copies", "window_released_blocks": "window-freed",
+    "swap_out_bytes": "swapped out B", "swap_in_bytes": "swapped in B", "swap_exposed_s": "swap on crit. path s",
+    "prefetch_hidden_pct": "prefetch hidden %"}
+_HEADERS.update(_MONITOR_HEADERS)
+MONITOR_COLUMNS: tuple[str, ...] = tuple(_MONITOR_HEADERS)
 
 # ----------------------------------------------------------------------------------- shared options
 Config = Annotated[Path | None, typer.Option("--config", "-c", help="Experiment TOML file (CLI options override it).")]
@@ -194,7 +191,7 @@ def _print_summary(df: pd.DataFrame, title: str, axes: tuple[str, ...] = ()) -> 
                          "mean_tpot_s", "mean_normalized_latency_s_per_token", "num_preemptions",
                          "sharing_savings_pct"], "Throughput and latency"))
     mon = [c for c in MONITOR_COLUMNS if c in df.columns and df[c].notna().any()]
-    if mon and "sweep" not in title:
+    if mon:
         _o.print(_table(df, [*lead, *mon], "Allocator monitor (run totals; contiguous caches count 1-slot blocks)"))
     lat = sorted({str(v) for v in df.get("latency_model", pd.Series(dtype=object)).dropna()})
     if lat:
