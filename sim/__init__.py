@@ -25,6 +25,7 @@ _LAZY = {
     "RequestRecord": "sim.results",
     "StepRecord": "sim.results",
     "MemorySample": "sim.results",
+    "MonitorSample": "sim.results",
     "SUMMARY_KEYS": "sim.results",
     "MEMORY_CATEGORIES": "sim.results",
     "summarize": "sim.metrics",
