@@ -266,20 +266,30 @@ class RooflineLatency:
         if not batch.prefill_chunk_lens.size:
             if not n_d:
                 return 0.0
-            ksum, bs = batch.decode_ctx_sum, batch.block_size or 0
+            ksum, bsum, bs = batch.decode_ctx_sum, batch.decode_blocks_sum, batch.block_size or 0
             if (ksum is not None and self._window is None and batch.num_decode_tokens_per_seq is None
-                    and (not bs or batch.decode_blocks_sum is not None)):
-                # Most steps: decodes only, with the caller's sums. terms() inlined, the same arithmetic
-                # in the same order (t_pre = 0.0 drops out exactly); tests compare the two bit for bit.
-                kvpt = self._kvpt.get((batch.kv_dtype, bs)) or self.kv_bytes_per_token(batch.kv_dtype, bs)
-                pairs = float(ksum)
-                read = bs * float(batch.decode_blocks_sum) if bs else pairs  # type: ignore[arg-type]
-                t_dec = max(kvpt * (read + n_d) / self._bw, self._attn_flops * pairs / self._peak)
-                t_lin = max(self._weight_s, (self._flops_per_token * n_d + self._flops_per_logit_row * n_d)
-                            / self._peak)
-                return t_lin + t_dec + self._comm_s_per_token * n_d + self.overhead_s
+                    and (bsum is not None or not bs)):
+                return self.decode_step_time(n_d, ksum, bsum or 0, bs, batch.kv_dtype)
         t_lin, t_pre, t_dec, t_comm = self.terms(batch)
         return t_lin + t_pre + t_dec + t_comm + self.overhead_s
+
+    def decode_step_time(self, num_seqs: int, ctx_sum: int, blocks_sum: int, block_size: int,
+                         kv_dtype: str = "fp16") -> float:
+        """step_time of a step that only decodes, one query token per sequence, from sums: ctx_sum =
+        sum of the context lengths, blocks_sum = (paged) sum of ceil(L / block_size); block_size 0 =
+        contiguous. No context may exceed the model's sliding window (if it has one). Bit for bit the
+        value step_time gives the same batch: terms() inlined, the same arithmetic in the same order
+        (t_pre = 0.0 drops out exactly); tests compare the two."""
+        if not num_seqs:
+            return 0.0
+        bs = block_size or 0
+        kvpt = self._kvpt.get((kv_dtype, bs)) or self.kv_bytes_per_token(kv_dtype, bs)
+        pairs = float(ctx_sum)
+        read = bs * float(blocks_sum) if bs else pairs
+        t_dec = max(kvpt * (read + num_seqs) / self._bw, self._attn_flops * pairs / self._peak)
+        t_lin = max(self._weight_s, (self._flops_per_token * num_seqs + self._flops_per_logit_row * num_seqs)
+                    / self._peak)
+        return t_lin + t_dec + self._comm_s_per_token * num_seqs + self.overhead_s
 
 
 class CalibratedLatency:
@@ -366,6 +376,25 @@ class CalibratedLatency:
         if batch.decode_context_lens.size + batch.prefill_chunk_lens.size == 0:
             return 0.0
         return sum(self.terms(batch)) + self.overhead_s
+
+    def decode_step_time(self, num_seqs: int, ctx_sum: int, blocks_sum: int, block_size: int,
+                         kv_dtype: str = "fp16") -> float:
+        """step_time of a decode-only step from sums (see RooflineLatency.decode_step_time), bit for
+        bit: the roofline's linear and comm terms (or the fitted linear term) plus the fitted decode
+        term, added as step_time adds them (its prefill term is 0.0)."""
+        if not num_seqs:
+            return 0.0
+        r, m, bs = self.roofline, self.model, block_size or 0
+        n = num_seqs
+        if self._linear is not None:
+            t_lin = float(self._linear["c0_s"]) + float(self._linear["c_tokens_s"]) * n
+        else:
+            t_lin = max(r._weight_s, (r._flops_per_token * n + r._flops_per_logit_row * n) / r._peak)
+        kv = r.kv_bytes_per_token(kv_dtype, bs) / m.num_layers * float(ctx_sum)
+        blocks = float(blocks_sum) if bs else 0.0
+        cands = self._paged if bs else self._contig
+        t_dec = m.num_layers * min(c0 + ckv * kv + cs * float(n) + cb * blocks for c0, ckv, cs, cb in cands)
+        return t_lin + t_dec + r._comm_s_per_token * n + self.overhead_s
 
 
 # ---- choosing the model at setup (file reading lives in sim.latency_params) ---------------------------------
