@@ -155,9 +155,10 @@ class DecodeSet:
         lst = self._cross.get(self.sched + 1)
         return len(lst) if lst else 0  # leave() removes a member's crossing event
 
-    def advance(self, append: Callable[[int, int], None]) -> np.ndarray:
+    def advance(self, append: Callable[[int, int], None], *, want_ctx: bool = True) -> np.ndarray | None:
         """Schedule one step: every member appends a token; crossing members get a block through
-        `append(slot, tokens to report)`. Returns the members' context lengths after the append."""
+        `append(slot, tokens to report)`. Returns the members' context lengths after the append, or
+        None with want_ctx=False (true_ctx() gives them until the next step; the sums are kept anyway)."""
         self.sched = d = self.sched + 1
         lst = self._cross.pop(d, None)
         if lst:
@@ -176,6 +177,8 @@ class DecodeSet:
                 self.sum_alloc += b
                 self.sum_capf += min((nb + 1) * b, fin) - min(nb * b, fin)
                 nxt.append((s, e))
+        if not want_ctx:
+            return None
         if not self.members:
             return _EMPTY
         if self._stale:

@@ -92,6 +92,10 @@ class Engine:
         self.ops = KVOps(cache, SeqTable(), max_model_len=res.max_model_len, window=res.window)
         self.sched = Scheduler(self.ops, config.scheduler, token_budget=res.token_budget, swap=swap,
                                rng=self.rng)
+        # A latency model that times a decode-only step from the DecodeSet's kept sums (no context beyond
+        # a sliding window: self.window is None) spares the scheduler the per-sequence context array.
+        self._decode_time = getattr(self.latency, "decode_step_time", None) if self.window is None else None
+        self.sched.lazy_ctx = self._decode_time is not None
         self.monitor = Monitor(self.ops, swap, unit_bytes=unit_bytes)
         self.swap_stats = SwapStats(config.scheduler.swap_prefetch)
         self.groups: list[SeqGroup] = []
@@ -136,6 +140,7 @@ class Engine:
         env, s = self.env, self.sched
         step_time, batch, record, timeout = self.latency.step_time, self._batch, self._record_step, env.timeout
         peek = env.peek
+        decode_time, bsz, dtype = self._decode_time, self.ops.block_size, self.config.kv_dtype
         iv = self.config.memory_sample_interval_s
         while True:
             if not (s.waiting or s.running or s.swapped):
@@ -168,7 +173,13 @@ class Engine:
                     bd = self.measure()
                     bd.check_invariants()
                     assert self.memory[-1] == bd.sample(now), "inlined breakdown drifted"
-            dt = step_time(batch(out))
+            if out.decode_ctx is None and not out.prefills and decode_time:  # single-sequence decodes only
+                d = s.dset
+                dt = decode_time(out.num_simple, d.true_sum_ctx(), d.sum_alloc // bsz if bsz else 0, bsz, dtype)
+                if self.check:  # the shortcut agrees with the full path
+                    assert dt == step_time(batch(out)), "decode_step_time differs from step_time"
+            else:
+                dt = step_time(batch(out))
             if out.swap_time_s:
                 dt = self.swap_stats.step(out, dt)
             record(out, now, dt)
@@ -185,6 +196,8 @@ class Engine:
 
     # ---- per-step bookkeeping -----------------------------------------------------------------
     def _batch(self, out: SchedulerOutput) -> BatchShape:
+        if out.decode_ctx is None:  # not built by the scheduler (lazy_ctx): this step needs it
+            out.decode_ctx = self.sched.dset.true_ctx()
         if out.prefills:
             chunks = np.array([c for _, c, _ in out.prefills], dtype=np.int64)
             before = np.array([b for _, _, b in out.prefills], dtype=np.int64)
@@ -209,7 +222,7 @@ class Engine:
         return b
 
     def _record_step(self, out: SchedulerOutput, start: float, dt: float) -> None:
-        bs = len(out.prefills) + out.decode_ctx.size
+        bs = len(out.prefills) + (out.num_simple if out.decode_ctx is None else out.decode_ctx.size)
         if not self._record:  # running sums only (with records they are rebuilt from them at the end)
             self.totals.add(bs, dt, out)
             return

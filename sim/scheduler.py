@@ -61,6 +61,10 @@ class Scheduler:
         self.in_flight = False
         self.deferred_release: list[int] = []
         self._chunked = config.chunked_prefill
+        # Set by the engine when its latency model times decode-only steps from the DecodeSet's kept
+        # sums: such steps then skip building the per-sequence context array (SchedulerOutput.decode_ctx
+        # is None; DecodeSet.true_ctx() gives it when a step needs it after all).
+        self.lazy_ctx = False
 
     # ---- queue entry --------------------------------------------------------------------------
     def new_group(self, spec: RequestSpec, output_len: int) -> SeqGroup:
@@ -161,14 +165,16 @@ class Scheduler:
                     break
                 self._preempt(self.running[-1], out)
         self._step_cows = 0
-        c1 = dset.advance(self._append_simple)
+        lazy = self.lazy_ctx and not self._complex
+        c1 = dset.advance(self._append_simple, want_ctx=not lazy)
         out.num_cows += self._step_cows
         out.simple_slots = dset.slots()
-        out.num_simple = int(c1.size)
+        out.num_simple = len(dset)
         if not self._complex:  # the common case: nothing but single plain sequences
-            out.decode_ctx = c1
+            out.decode_ctx = c1  # None if lazy: the engine times the step from the DecodeSet's sums
             out.num_decode_tokens = out.num_simple
             return out.num_simple
+        assert c1 is not None
         cc: list[int] = []
         cq: list[int] = []
         for g in self._complex:

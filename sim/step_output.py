@@ -23,7 +23,8 @@ class SchedulerOutput:
     num_simple / simple_slots: single-sequence decodes (the DecodeSet, first in decode_ctx, in
     simple_slots' order); decode_groups: the other decoding
     groups (several sequences and/or speculative drafts); decode_ctx / decode_q: context length
-    (this step's tokens included) and query tokens per decoding sequence, simple ones first;
+    (this step's tokens included) and query tokens per decoding sequence, simple ones first
+    (decode_ctx None: only DecodeSet members decode and the array was not built, Scheduler.lazy_ctx);
     accepted: slot -> draft tokens accepted this step (speculative sequences);
     blocked: the head waiting group could not be admitted for memory (why: LATER/LATER_FRAGMENTED);
     head_need: what that head group needs (contiguous: slots; paged: blocks), 0 if nothing waits.
@@ -35,7 +36,7 @@ class SchedulerOutput:
     num_simple: int = 0
     simple_slots: np.ndarray = field(default_factory=lambda: _EMPTY)
     decode_groups: list[SeqGroup] = field(default_factory=list)
-    decode_ctx: np.ndarray = field(default_factory=lambda: _EMPTY)
+    decode_ctx: np.ndarray | None = field(default_factory=lambda: _EMPTY)  # None: lazy (Scheduler.lazy_ctx)
     decode_q: np.ndarray | None = None
     accepted: dict[int, int] = field(default_factory=dict)
     preempted: list[SeqGroup] = field(default_factory=list)
