@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from sim.config import ContiguousCacheSpec, PagedCacheSpec, SchedulerConfig, SimConfig
-from sim.engine import simulate
+from sim.engine import Engine, simulate
 from sim.latency import BatchShape, RooflineLatency
 from sim.request import RequestSpec
 
@@ -71,6 +71,23 @@ def test_kept_decode_sums_match_the_arrays_every_step(model: str, cache, sched: 
     assert lat.steps == res.summary["num_steps"] > 50
     assert 0 < lat.hinted < lat.steps  # both paths ran: decodes only, and steps with groups
     assert res.summary["num_finished"] > 0
+
+
+@pytest.mark.parametrize("latency", [None, "calibrated"])
+def test_decode_shortcut_matches_the_full_path_every_step(latency: str | None) -> None:
+    """With a shipped model the engine times decode-only steps from the kept sums and skips the context
+    array (Scheduler.lazy_ctx); check mode recomputes every such step through step_time(BatchShape)."""
+    lat = None
+    if latency == "calibrated":
+        coeffs = {"c0_s": 5e-6, "c_kv_bytes_s": 1e-12, "c_seqs_s": 1e-7, "c_blocks_s": 2e-9}
+        lat = {"schema": "pagesim.latency/1", "source": "calibrated", "model": "OPT-13B", "gpu": "A100-40GB",
+               "attn_decode": {"variants": {"paged": coeffs, "contiguous": coeffs}}}
+    for cache in (PagedCacheSpec(block_size=16), ContiguousCacheSpec(policy="oracle")):
+        eng = Engine(mixed(80, 4), SimConfig(cache=cache, latency=lat, kv_capacity_tokens=3000), rng=0,
+                     check_invariants=True)
+        assert eng.sched.lazy_ctx
+        res = eng.run()
+        assert res.summary["num_finished"] > 0
 
 
 def test_step_clock_lands_on_the_same_instants() -> None:
