@@ -284,11 +284,14 @@ class RooflineLatency:
             return 0.0
         bs = block_size or 0
         kvpt = self._kvpt.get((kv_dtype, bs)) or self.kv_bytes_per_token(kv_dtype, bs)
-        pairs = float(ctx_sum)
-        read = bs * float(blocks_sum) if bs else pairs
-        t_dec = max(kvpt * (read + num_seqs) / self._bw, self._attn_flops * pairs / self._peak)
-        t_lin = max(self._weight_s, (self._flops_per_token * num_seqs + self._flops_per_logit_row * num_seqs)
-                    / self._peak)
+        pairs, peak = float(ctx_sum), self._peak
+        # max(x, y) written as `y if y > x else x` (what max returns), without the builtin call.
+        x = kvpt * ((bs * float(blocks_sum) if bs else pairs) + num_seqs) / self._bw
+        y = self._attn_flops * pairs / peak
+        t_dec = y if y > x else x
+        x = self._weight_s
+        y = (self._flops_per_token * num_seqs + self._flops_per_logit_row * num_seqs) / peak
+        t_lin = y if y > x else x
         return t_lin + t_dec + self._comm_s_per_token * num_seqs + self.overhead_s
 
 
