@@ -243,7 +243,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command("run")
     def run_cmd(config: Config = None, system: Annotated[str | None, typer.Option(
-                    "--system", "-s", help="Cache system: paged[-B][+prefix], max, pow2, oracle (default paged).")] = None,
+                    "--system", "-s", help="Cache system: paged[-B][+prefix], max, pow2, pow2-output, oracle (default paged).")] = None,
                 preset: Preset = None, trace: Trace = None, fmt: Fmt = None, num_requests: NumReq = None,
                 rate: Rate = None, arrival: Arrival = None, cv: Cv = None, prompt_len: PLen = None,
                 output_len: OLen = None, window: Window = None, skip_bad_rows: SkipBad = None,
@@ -270,7 +270,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command("compare")
     def compare_cmd(config: Config = None, systems: Annotated[str | None, typer.Option(
-                        "--systems", help="Comma-separated systems (default paged,max,pow2,oracle).")] = None,
+                        "--systems", help="Comma-separated systems (default paged,max,pow2,oracle; also pow2-output).")] = None,
                     preset: Preset = None, trace: Trace = None, fmt: Fmt = None, num_requests: NumReq = None,
                     rate: Rate = None, arrival: Arrival = None, cv: Cv = None, prompt_len: PLen = None,
                     output_len: OLen = None, window: Window = None, skip_bad_rows: SkipBad = None,
