@@ -43,32 +43,31 @@ def records_frame(records: Sequence[Any], record_type: type) -> pd.DataFrame:
     return pd.DataFrame(data, columns=names)
 
 
-def requests_frame(result: SimResult) -> pd.DataFrame:
-    """Per-request records of a run (columns: RequestRecord fields, plus `system`)."""
-    df = records_frame(result.requests, RequestRecord)
+def _system_frame(result: SimResult, records: Sequence[Any], cls: type) -> pd.DataFrame:
+    """One record list of a run as a DataFrame (columns: `cls` fields), with `system` first."""
+    df = records_frame(records, cls)
     df.insert(0, "system", result.system)
     return df
+
+
+def requests_frame(result: SimResult) -> pd.DataFrame:
+    """Per-request records of a run (columns: RequestRecord fields, plus `system`)."""
+    return _system_frame(result, result.requests, RequestRecord)
 
 
 def steps_frame(result: SimResult) -> pd.DataFrame:
     """Per-step records of a run (columns: StepRecord fields, plus `system`)."""
-    df = records_frame(result.steps, StepRecord)
-    df.insert(0, "system", result.system)
-    return df
+    return _system_frame(result, result.steps, StepRecord)
 
 
 def memory_frame(result: SimResult) -> pd.DataFrame:
     """Memory samples of a run (columns: MemorySample fields, plus `system`)."""
-    df = records_frame(result.memory, MemorySample)
-    df.insert(0, "system", result.system)
-    return df
+    return _system_frame(result, result.memory, MemorySample)
 
 
 def monitor_frame(result: SimResult) -> pd.DataFrame:
     """Allocator-monitor samples of a run (columns: MonitorSample fields, plus `system`)."""
-    df = records_frame(result.monitor, MonitorSample)
-    df.insert(0, "system", result.system)
-    return df
+    return _system_frame(result, result.monitor, MonitorSample)
 
 
 def time_weighted_breakdown(memory: pd.DataFrame, end_s: float | None = None) -> dict[str, float]:
