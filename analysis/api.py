@@ -25,8 +25,8 @@ from analysis.experiment import SYNTHETIC_RATE, Experiment, from_dict, parse_sam
 from analysis.frames import summary_frame, summary_row
 from analysis.sweep import SweepOutcome, expand_grid, point_id, run_sweep
 from sim.config import PagedCacheSpec
+from sim.records.results import SimResult
 from sim.request import RequestSpec
-from sim.results import SimResult
 
 #: Sweep axes with a CLI shortcut, and what each one means.
 SWEEP_AXES: dict[str, str] = {

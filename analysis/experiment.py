@@ -9,13 +9,13 @@ System names: paged[-B][+prefix], max|pow2|pow2-output|oracle (= contig-POLICY[-
 from __future__ import annotations
 
 import difflib
-import math
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import tomllib
 
+from sim.checks import is_int, is_num, out_of_range
 from sim.config import (
     CONTIG_PLACEMENTS,
     CONTIG_POLICIES,
@@ -80,11 +80,11 @@ class WorkloadConfig:
             raise ConfigError(f"workload.trace = {self.trace!r}: file not found")
         if self.format is not None and self.format not in TRACE_FORMATS:
             raise _bad("workload.format", ", ".join(TRACE_FORMATS) + " (or omit to detect)", self.format)
-        if self.num_requests is not None and (not _is_int(self.num_requests) or self.num_requests < 1):
+        if self.num_requests is not None and (not is_int(self.num_requests) or self.num_requests < 1):
             raise _bad("workload.num_requests", "integer >= 1, or omitted for all", self.num_requests)
-        if self.rate is not None and (not _is_num(self.rate) or self.rate <= 0):
+        if self.rate is not None and (not is_num(self.rate) or self.rate <= 0):
             raise _bad("workload.rate", "requests/s > 0", self.rate)
-        if not _is_num(self.cv) or self.cv <= 0:
+        if not is_num(self.cv) or self.cv <= 0:
             raise _bad("workload.cv", "> 0", self.cv)
         if self.window is not None and (len(self.window) != 2 or not 0 <= self.window[0] < self.window[1]):
             raise _bad("workload.window", "[start_s, end_s] with 0 <= start < end", self.window)
@@ -141,11 +141,11 @@ class Experiment:
             raise _bad("systems", "a non-empty list of systems", self.systems)
         for s in self.systems:
             self.cache_spec(s)
-        if self.kv_budget_gb is not None and (not _is_num(self.kv_budget_gb) or self.kv_budget_gb <= 0):
+        if self.kv_budget_gb is not None and (not is_num(self.kv_budget_gb) or self.kv_budget_gb <= 0):
             raise _bad("kv_budget_gb", "GiB > 0", self.kv_budget_gb)
         if self.kv_budget_gb is not None and self.kv_capacity_tokens is not None:
             raise ConfigError("kv_budget_gb and kv_capacity_tokens both given: choose one")
-        if not _is_int(self.seed) or self.seed < 0:
+        if not is_int(self.seed) or self.seed < 0:
             raise _bad("seed", "integer >= 0", self.seed)
         if self.latency is not None and not Path(self.latency).is_file():
             raise ConfigError(f"latency = {self.latency!r}: parameters file not found (valid: a JSON file "
@@ -324,15 +324,7 @@ def _plain(v: Any) -> Any:
 
 
 def _bad(name: str, valid: str, value: object) -> ConfigError:
-    return ConfigError(f"field '{name}' = {value!r} out of range (valid: {valid})")
-
-
-def _is_int(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v: object) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    return ConfigError(out_of_range(name, valid, value))
 
 
 def replace_workload(exp: Experiment, **changes: Any) -> Experiment:

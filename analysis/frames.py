@@ -1,6 +1,6 @@
 """Simulation records -> pandas DataFrames.
 
-One DataFrame per record kind (requests, steps, memory and allocator-monitor samples) built from the `sim.results`
+One DataFrame per record kind (requests, steps, memory and allocator-monitor samples) built from the `sim.records.results`
 dataclasses by their fields, so a new record field shows up as a new column without code here.
 Also the derived tables every report needs: the summary table (SUMMARY_KEYS first), the
 time-weighted memory breakdown, and per-run extras (step-time and latency percentiles).
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sim.results import (
+from sim.records.results import (
     MEMORY_CATEGORIES,
     SUMMARY_KEYS,
     MemorySample,

@@ -17,7 +17,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from sim.results import MEMORY_CATEGORIES
+from sim.records.results import MEMORY_CATEGORIES
 
 CATEGORY_COLORS: dict[str, str] = {
     "token_states": "#2b7bba",

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sim.results import MEMORY_CATEGORIES, REFCOUNT_BUCKETS
+from sim.records.results import MEMORY_CATEGORIES, REFCOUNT_BUCKETS
 
 METRICS_FORMATS: tuple[str, ...] = ("none", "prometheus")
 METRICS_FILE = "metrics.prom"

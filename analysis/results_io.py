@@ -32,7 +32,7 @@ from analysis.frames import (
     summary_frame,
     summary_row,
 )
-from sim.results import SimResult
+from sim.records.results import SimResult
 
 SUMMARY_CSV = "summary.csv"
 SUMMARY_PARQUET = "summary.parquet"

@@ -29,7 +29,7 @@ from typing import Any
 import pandas as pd
 
 from analysis.results_io import POINTS_FILE, PointLog, write_summary
-from sim.results import SUMMARY_KEYS
+from sim.records.results import SUMMARY_KEYS
 
 PointFn = Callable[[dict[str, Any]], Mapping[str, Any]]
 EXECUTORS: tuple[str, ...] = ("process", "serial", "dask")

@@ -1,7 +1,7 @@
 """Benchmark: the decode kernels against the performance goal, on a GPU.
 
 Goal: long-context decode (batch >= 32, context >= 2K, fp16, head_dim 128) at >= 80% of peak HBM
-bandwidth, and paged within 5% of contiguous at block size 16. Measures the 'goal' grid of gpu.bench,
+bandwidth, and paged within 5% of contiguous at block size 16. Measures the 'goal' grid of gpu.bench.harness,
 writes benchmarks/results/kernels_<device>.csv and prints the figures and the verdict.
 Run: python benchmarks/bench_kernels.py [--peak-bw GBps] [--reps 200]
      python benchmarks/bench_kernels.py --backend cpu --out /tmp/k.csv   # harness smoke test only
@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from gpu.bench import BenchOptions, run_bench
-from gpu.bench_device import detect_device
-from gpu.bench_grid import GRIDS
-from gpu.bench_timing import CudaEventTimer, Timer, WallTimer
+from gpu.bench.device import detect_device
+from gpu.bench.grid import GRIDS
+from gpu.bench.harness import BenchOptions, run_bench
+from gpu.bench.timing import CudaEventTimer, Timer, WallTimer
 
 RESULTS = Path(__file__).resolve().parent / "results"
 GOAL_BW_FRACTION = 0.80
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--resume", action="store_true")
     args = ap.parse_args(argv)
     if args.backend == "cupy":
-        from analysis.cmd_bench import NO_GPU, gpu_absent_reason
+        from analysis.cli.bench import NO_GPU, gpu_absent_reason
 
         if reason := gpu_absent_reason():
             print(NO_GPU.format(reason=reason).replace("pagesim bench", "bench_kernels.py"), file=sys.stderr)

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sim.latency import BatchShape, CalibratedLatency, RooflineLatency
-from sim.latency_params import PARAMS_SCHEMA
+from sim.timing.latency import BatchShape, CalibratedLatency, RooflineLatency
+from sim.timing.latency_params import PARAMS_SCHEMA
 
 OUT = Path(__file__).resolve().parent / "results" / "latency_model.txt"
 

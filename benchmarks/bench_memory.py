@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from sim.contiguous_cache import ContiguousKVCache
-from sim.extent_allocator import PLACEMENTS
-from sim.paged_cache import PagedKVCache
-from sim.prefix import prefix_block_hashes
+from sim.memory.contiguous_cache import ContiguousKVCache
+from sim.memory.extent_allocator import PLACEMENTS
+from sim.memory.paged_cache import PagedKVCache
+from sim.memory.prefix import prefix_block_hashes
 
 OUT = Path(__file__).resolve().parent / "results" / "memory.txt"
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from gpu import attention as A
-from gpu.backend import CpuBackend
-from gpu.reference import paged_decode_attention
+from gpu.backends.base import CpuBackend
+from gpu.ops import attention as A
+from gpu.ops.reference import paged_decode_attention
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -16,9 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-from gpu import nvrtc
-from gpu.attention import NUM_THREADS
-from gpu.layout import SUPPORTED_BLOCK_SIZES, SUPPORTED_HEAD_DIMS
+from gpu.backends import nvrtc
+from gpu.ops.attention import NUM_THREADS
+from gpu.ops.layout import SUPPORTED_BLOCK_SIZES, SUPPORTED_HEAD_DIMS
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -21,14 +21,14 @@ _LAZY = {
     "ContiguousCacheSpec": "sim.config",
     "SchedulerConfig": "sim.config",
     "system_label": "sim.config",
-    "SimResult": "sim.results",
-    "RequestRecord": "sim.results",
-    "StepRecord": "sim.results",
-    "MemorySample": "sim.results",
-    "MonitorSample": "sim.results",
-    "SUMMARY_KEYS": "sim.results",
-    "MEMORY_CATEGORIES": "sim.results",
-    "summarize": "sim.metrics",
+    "SimResult": "sim.records.results",
+    "RequestRecord": "sim.records.results",
+    "StepRecord": "sim.records.results",
+    "MemorySample": "sim.records.results",
+    "MonitorSample": "sim.records.results",
+    "SUMMARY_KEYS": "sim.records.results",
+    "MEMORY_CATEGORIES": "sim.records.results",
+    "summarize": "sim.records.metrics",
 }
 
 __all__ = ["RequestSpec", "SpecError", *_LAZY]

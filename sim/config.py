@@ -7,30 +7,22 @@ results ("paged-16", "contig-pow2-best_fit"); `resolve` turns a SimConfig into c
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from sim.checks import is_int, is_num, out_of_range
 from sim.request import SpecError
 
 PREEMPTION_MODES: tuple[str, ...] = ("recompute", "swap")
 TOO_LONG_RULES: tuple[str, ...] = ("reject", "truncate", "error")
-# Mirrors sim.contiguous_cache.RESERVATION_POLICIES / sim.extent_allocator.PLACEMENTS; a test checks
+# Mirrors sim.memory.contiguous_cache.RESERVATION_POLICIES / sim.memory.extent_allocator.PLACEMENTS; a test checks
 # they agree (kept here so validating a config does not import the allocators).
 CONTIG_POLICIES: tuple[str, ...] = ("max", "pow2", "pow2-output", "oracle")
 CONTIG_PLACEMENTS: tuple[str, ...] = ("first_fit", "best_fit", "buddy")
 
 
 def _bad(field_name: str, valid: str, value: object) -> SpecError:
-    return SpecError(f"config field '{field_name}' = {value!r} out of range (valid: {valid})")
-
-
-def _is_int(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v: object) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    return SpecError(f"config {out_of_range(field_name, valid, value)}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,11 +37,11 @@ class PagedCacheSpec:
     watermark: float = 0.01
 
     def __post_init__(self) -> None:
-        if not _is_int(self.block_size) or self.block_size < 1:
+        if not is_int(self.block_size) or self.block_size < 1:
             raise _bad("cache.block_size", "integer >= 1", self.block_size)
         if not isinstance(self.prefix_caching, bool):
             raise _bad("cache.prefix_caching", "true or false", self.prefix_caching)
-        if not _is_num(self.watermark) or not 0.0 <= self.watermark < 1.0:
+        if not is_num(self.watermark) or not 0.0 <= self.watermark < 1.0:
             raise _bad("cache.watermark", "[0, 1)", self.watermark)
 
 
@@ -111,28 +103,28 @@ class SchedulerConfig:
     beam_switch_halflife: float = 10.0
 
     def __post_init__(self) -> None:
-        if not _is_int(self.max_num_seqs) or self.max_num_seqs < 1:
+        if not is_int(self.max_num_seqs) or self.max_num_seqs < 1:
             raise _bad("scheduler.max_num_seqs", "integer >= 1", self.max_num_seqs)
         if self.max_num_batched_tokens is not None and (
-                not _is_int(self.max_num_batched_tokens) or self.max_num_batched_tokens < self.max_num_seqs):
+                not is_int(self.max_num_batched_tokens) or self.max_num_batched_tokens < self.max_num_seqs):
             raise _bad("scheduler.max_num_batched_tokens",
                        f"None or integer >= max_num_seqs = {self.max_num_seqs}", self.max_num_batched_tokens)
         if not isinstance(self.chunked_prefill, bool):
             raise _bad("scheduler.chunked_prefill", "true or false", self.chunked_prefill)
         if self.preemption_mode not in PREEMPTION_MODES:
             raise _bad("scheduler.preemption_mode", ", ".join(PREEMPTION_MODES), self.preemption_mode)
-        if not _is_num(self.cpu_swap_space_gb) or self.cpu_swap_space_gb < 0:
+        if not is_num(self.cpu_swap_space_gb) or self.cpu_swap_space_gb < 0:
             raise _bad("scheduler.cpu_swap_space_gb", "GiB >= 0", self.cpu_swap_space_gb)
         if not isinstance(self.swap_prefetch, bool):
             raise _bad("scheduler.swap_prefetch", "true or false", self.swap_prefetch)
-        if self.pcie_bandwidth_gbps is not None and (not _is_num(self.pcie_bandwidth_gbps)
+        if self.pcie_bandwidth_gbps is not None and (not is_num(self.pcie_bandwidth_gbps)
                                                      or self.pcie_bandwidth_gbps <= 0):
             raise _bad("scheduler.pcie_bandwidth_gbps", "None or GB/s > 0", self.pcie_bandwidth_gbps)
         if self.too_long not in TOO_LONG_RULES:
             raise _bad("scheduler.too_long", ", ".join(TOO_LONG_RULES), self.too_long)
-        if not _is_num(self.beam_switch_prob) or not 0.0 <= self.beam_switch_prob <= 1.0:
+        if not is_num(self.beam_switch_prob) or not 0.0 <= self.beam_switch_prob <= 1.0:
             raise _bad("scheduler.beam_switch_prob", "[0, 1]", self.beam_switch_prob)
-        if not _is_num(self.beam_switch_halflife) or self.beam_switch_halflife <= 0:
+        if not is_num(self.beam_switch_halflife) or self.beam_switch_halflife <= 0:
             raise _bad("scheduler.beam_switch_halflife", "tokens > 0", self.beam_switch_halflife)
 
     def token_budget(self, max_model_len: int) -> int:
@@ -150,7 +142,7 @@ class SimConfig:
     kv_capacity_tokens: KV pool size in token slots; None: sized from the GPU memory budget
       (sim.presets.kv_capacity_tokens with gpu_memory_utilization and kv_dtype).
     max_model_len: None: the model's. latency: None = roofline, else a parameters JSON path or dict,
-      or any object with `name` and `step_time(BatchShape) -> float` (a sim.latency.LatencyModel).
+      or any object with `name` and `step_time(BatchShape) -> float` (a sim.timing.latency.LatencyModel).
     sliding_window: None: the model's attention window (e.g. 4096 for Mistral-7B); 0: no window; W >= 1:
       attend to the last W tokens (overrides the model's, for the latency model and the cache alike).
       The paged cache releases blocks that fall out of the window; contiguous caches keep them.
@@ -181,17 +173,17 @@ class SimConfig:
             raise _bad("cache", "PagedCacheSpec(...) or ContiguousCacheSpec(...)", self.cache)
         if not isinstance(self.scheduler, SchedulerConfig):
             raise _bad("scheduler", "SchedulerConfig(...)", self.scheduler)
-        if self.kv_capacity_tokens is not None and (not _is_int(self.kv_capacity_tokens)
+        if self.kv_capacity_tokens is not None and (not is_int(self.kv_capacity_tokens)
                                                     or self.kv_capacity_tokens < 1):
             raise _bad("kv_capacity_tokens", "None or integer >= 1 (token slots)", self.kv_capacity_tokens)
-        if not _is_num(self.gpu_memory_utilization) or not 0.0 < self.gpu_memory_utilization <= 1.0:
+        if not is_num(self.gpu_memory_utilization) or not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise _bad("gpu_memory_utilization", "(0, 1]", self.gpu_memory_utilization)
-        if self.max_model_len is not None and (not _is_int(self.max_model_len) or self.max_model_len < 2):
+        if self.max_model_len is not None and (not is_int(self.max_model_len) or self.max_model_len < 2):
             raise _bad("max_model_len", "None or integer >= 2", self.max_model_len)
-        if self.sliding_window is not None and (not _is_int(self.sliding_window) or self.sliding_window < 0):
+        if self.sliding_window is not None and (not is_int(self.sliding_window) or self.sliding_window < 0):
             raise _bad("sliding_window", "None (the model's), 0 (none) or tokens >= 1", self.sliding_window)
         if self.memory_sample_interval_s is not None and (
-                not _is_num(self.memory_sample_interval_s) or self.memory_sample_interval_s <= 0):
+                not is_num(self.memory_sample_interval_s) or self.memory_sample_interval_s <= 0):
             raise _bad("memory_sample_interval_s", "None or seconds > 0", self.memory_sample_interval_s)
         if not isinstance(self.record_steps, bool):
             raise _bad("record_steps", "true or false", self.record_steps)

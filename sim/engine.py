@@ -18,20 +18,20 @@ import numpy as np
 import simpy
 
 from sim.config import ContiguousCacheSpec, PagedCacheSpec, SimConfig, resolve, system_label
-from sim.contiguous_cache import ContiguousKVCache
-from sim.kv_ops import KVOps
-from sim.latency import BatchShape, LatencyModel, load_latency_model
-from sim.lifecycle import abort_group, admit_request, complete_step
-from sim.memory_breakdown import Breakdown, from_sums
-from sim.metrics import StepTotals, request_record, summarize
-from sim.monitor import Monitor
-from sim.paged_cache import PagedKVCache
+from sim.memory.contiguous_cache import ContiguousKVCache
+from sim.memory.paged_cache import PagedKVCache
+from sim.records.breakdown import Breakdown
+from sim.records.memory_probe import MemoryProbe
+from sim.records.metrics import StepTotals, request_record, summarize
+from sim.records.monitor import Monitor
+from sim.records.results import MemorySample, SimResult, StepRecord
 from sim.request import RequestSpec, SpecError
-from sim.results import MemorySample, SimResult, StepRecord
-from sim.scheduler import Scheduler, SchedulerOutput
-from sim.sequence import CTX, DROP, FINAL, NBLK, REJECTED, SHARE, SPEC, SeqGroup, SeqTable
-from sim.swap import SwapSpace, SwapStats
-from sim.window import stale_sums
+from sim.sched.kv_ops import KVOps
+from sim.sched.lifecycle import abort_group, admit_request, complete_step
+from sim.sched.scheduler import Scheduler, SchedulerOutput
+from sim.sched.sequence import REJECTED, SeqGroup, SeqTable
+from sim.sched.swap import SwapSpace, SwapStats
+from sim.timing.latency import BatchShape, LatencyModel, load_latency_model
 
 _EMPTY = np.zeros(0, dtype=np.int64)
 
@@ -97,6 +97,7 @@ class Engine:
         self._decode_time = getattr(self.latency, "decode_step_time", None) if self.window is None else None
         self.sched.lazy_ctx = self._decode_time is not None
         self.monitor = Monitor(self.ops, swap, unit_bytes=unit_bytes)
+        self.probe = MemoryProbe(self.sched, self.capacity, self.window)
         self.swap_stats = SwapStats(config.scheduler.swap_prefetch)
         self.groups: list[SeqGroup] = []
         self.steps: list[StepRecord] = []
@@ -169,7 +170,7 @@ class Engine:
             s.in_flight = True
             if iv is None or now - self._last_sample >= iv:
                 self._sample(now)
-                if self.check:  # the inlined categories agree with sim.memory_breakdown
+                if self.check:  # the inlined categories agree with sim.records.breakdown
                     bd = self.measure()
                     bd.check_invariants()
                     assert self.memory[-1] == bd.sample(now), "inlined breakdown drifted"
@@ -251,72 +252,18 @@ class Engine:
             self._frag_since = None
 
     def external_frag(self, waiting_need: int) -> int:
-        """Free slots the head waiting request cannot use (0 if nothing waits).
-
-        Paged: the free blocks held back by the admission watermark (any free block can hold any
-        request's tokens, so only the reserve is unusable to it). Contiguous: the holes smaller than
-        its reservation.
-        """
-        if not waiting_need:
-            return 0
-        c = self.cache
-        if isinstance(c, PagedKVCache):
-            return min(c.num_free_blocks, c.watermark_blocks) * c.block_size
-        return c.external_fragmentation(waiting_need)
-
-    def _memory_sums(self) -> tuple[int, int, int, int, int, int, int, int, int]:
-        """(sum ctx, sum drafts, sum allocated, sum min(allocated, final), used slots, external
-        fragmentation, used blocks, stale slots logical, stale slots physical) over the running
-        sequences, for the memory breakdown. With a sliding window the per-sequence sums count only
-        held blocks (tokens from drop * block_size on)."""
-        s = self.sched
-        need = 0
-        if s.waiting:
-            h = s.waiting[0]
-            need = h.prefill_target if self._paged else self.ops.reservation(h)
-        ext = self.external_frag(need) if need else 0
-        d = s.dset  # single decoding sequences: sums kept incrementally
-        b = self.ops.block_size
-        dropped = d.sum_drop * b
-        sum_ctx, sum_spec, sum_alloc, sum_capf = d.true_sum_ctx() - dropped, 0, d.sum_alloc - dropped, \
-            d.sum_capf - dropped
-        if s._others:
-            t = self.ops.table
-            m = t.data[:, s.other_slots()]
-            sums = m.sum(axis=1).tolist()
-            dt = sums[DROP] * b
-            sum_ctx += sums[CTX] - dt
-            sum_spec += sums[SPEC]
-            if self._paged:
-                alloc = (m[NBLK] - m[DROP]) * b
-                sum_alloc += (sums[NBLK] - sums[DROP]) * b
-                sum_capf += int(np.minimum(alloc, m[FINAL] - m[DROP] * b).sum())
-            else:
-                sum_alloc += sums[SHARE]
-                sum_capf += int(np.minimum(m[SHARE], m[FINAL]).sum())
-        stl = stp = 0
-        if self.window is not None and (s.running or d.members):
-            stl, stp = stale_sums(s, self.window)
-        c = self.cache
-        if isinstance(c, PagedKVCache):
-            used_blocks = c.num_blocks - c.num_free_blocks
-            return sum_ctx, sum_spec, sum_alloc, sum_capf, used_blocks * b, ext, used_blocks, stl, stp
-        return sum_ctx, sum_spec, sum_alloc, sum_capf, c.used_slots, ext, 0, stl, stp
+        """Free slots the head waiting request cannot use (see MemoryProbe.external_frag)."""
+        return self.probe.external_frag(waiting_need)
 
     def measure(self) -> Breakdown:
         """The memory breakdown now (running sequences, cache occupancy, the head waiting request)."""
-        sc, ss, sa, sf, used, ext, used_blocks, stl, stp = self._memory_sums()
-        bd = from_sums(sc, ss, sa, sf, used_slots=used, capacity=self.capacity, external_frag=ext,
-                       stale_logical=stl, stale_physical=stp)
-        if self._paged:
-            bd.logical_blocks, bd.physical_blocks = sa // self.ops.block_size, used_blocks
-        return bd
+        return self.probe.measure()
 
     def _sample(self, now: float) -> None:
         """Append a memory sample (and an allocator-monitor sample) at `now`, replacing ones taken at
         the same instant."""
         self._last_sample = now
-        sc, ss, sa, sf, used, ext, used_blocks, stl, stp = self._memory_sums()
+        sc, ss, sa, sf, used, ext, used_blocks, stl, stp = self.probe.sums()
         logical = sc - ss
         free = self.capacity - used
         mem = self.memory
@@ -324,7 +271,7 @@ class Engine:
             mem.pop()
             if self._blocks:
                 self._blocks.pop()
-        # The categories of sim.memory_breakdown.from_sums, inlined on this per-step path.
+        # The categories of sim.records.breakdown.from_sums, inlined on this per-step path.
         sample = MemorySample(now, float(used - (sa - logical) - stp), float(sf - sc), float(sa - sf + stp),
                               float(ss), float(ext), float(free - ext), float(logical - stl), float(self.capacity))
         mem.append(sample)

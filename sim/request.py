@@ -30,7 +30,7 @@ class RequestSpec:
       spec_accept: per-token acceptance probability of a draft token, in [0, 1].
       prefix_hashes: ids of the prompt's content, each covering `prefix_unit` tokens from the start
         (the last one may be partial). Equal leading ids mean equal leading tokens; prefix caching
-        derives per-block hashes for any block size from them (see sim.prefix). Empty: no sharing info.
+        derives per-block hashes for any block size from them (see sim.memory.prefix). Empty: no sharing info.
       prefix_unit: tokens covered by each id in prefix_hashes (>= 1); e.g. 512 for Mooncake traces.
       cancel_time: seconds after arrival at which the client aborts the request (None: never).
     """

@@ -5,10 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parent.parent
-SHARED = REPO.parent / "shared"
-TRACES = SHARED / "traces"
+from paths import TRACES
 
 
 @pytest.fixture(scope="session")

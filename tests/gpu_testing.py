@@ -8,10 +8,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from gpu.attention import DecodeProblem
-from gpu.backend import Backend, CpuBackend, get_backend
-from gpu.quant import dequantize_pool
-from gpu.reference import paged_decode_attention
+from gpu.backends.base import Backend, CpuBackend, get_backend
+from gpu.ops.attention import DecodeProblem
+from gpu.ops.quant import dequantize_pool
+from gpu.ops.reference import paged_decode_attention
 
 # `pytest -m gpu` runs the cupy half of every parametrized test on a real GPU.
 BACKENDS = ["cpu", pytest.param("cupy", marks=pytest.mark.gpu)]

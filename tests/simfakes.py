@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from sim.results import SUMMARY_KEYS, MemorySample, RequestRecord, SimResult, StepRecord
+from sim.records.results import SUMMARY_KEYS, MemorySample, RequestRecord, SimResult, StepRecord
 
 
 def fake_result(system: str = "paged(B=16)", n_req: int = 20, n_mem: int = 30, seed: int = 0,
