@@ -92,6 +92,16 @@ class MemorySample:
     logical_token_states: float  # tokens counted per sequence (a shared block counts once per user)
     capacity: float
 
+    def check_invariants(self, tol: float = 1e-6) -> None:
+        """Raise AssertionError if a category is negative or they do not sum to capacity."""
+        parts = (self.token_states, self.reserved, self.internal_frag, self.speculative, self.external_frag,
+                 self.free)
+        assert all(p >= -tol for p in parts), f"negative category in {parts}"
+        assert abs(sum(parts) - self.capacity) <= tol * max(1.0, self.capacity), \
+            f"categories sum to {sum(parts)} != capacity {self.capacity}"
+        assert self.token_states <= self.logical_token_states + tol, \
+            f"physical token states {self.token_states} > logical {self.logical_token_states}"
+
 
 @dataclass(slots=True)
 class MonitorSample:
