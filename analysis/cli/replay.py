@@ -16,6 +16,7 @@ from typing import TextIO
 import typer
 
 from sim.memory.replay import ReplayError, replay
+from sim.memory.semantics import SEMANTICS
 
 
 def _lines(f: TextIO, name: str) -> Iterator[str]:
@@ -28,6 +29,12 @@ def _lines(f: TextIO, name: str) -> Iterator[str]:
 def _check_watermark(value: float | None) -> float | None:
     if value is not None and not 0.0 <= value < 1.0:
         raise typer.BadParameter(f"{value} out of range (valid: fraction of blocks in [0, 1))")
+    return value
+
+
+def _check_semantics(value: str | None) -> str | None:
+    if value is not None and value not in SEMANTICS:
+        raise typer.BadParameter(f"{value!r} is not valid (valid: {', '.join(SEMANTICS)})")
     return value
 
 
@@ -44,6 +51,10 @@ def register(app: typer.Typer) -> None:
         watermark: float | None = typer.Option(
             None, "--watermark", callback=_check_watermark,
             help="Fraction of blocks kept free at admission (default 0.01)."),
+        semantics: str | None = typer.Option(
+            None, "--semantics", callback=_check_semantics,
+            help="Block-manager behaviour: pagesim (default), vllm-v0 (vLLM 0.7.3's block manager) or "
+                 "vllm-v1 (vLLM v1's BlockPool/KVCacheManager); see docs/memory.md."),
     ) -> None:
         """Replay allocator ops (allocate, append, fork, free, rollback, free_before) against a paged
         KV cache; settings from the options and/or a first {"op": "config", ...} line."""
@@ -55,7 +66,7 @@ def register(app: typer.Typer) -> None:
         out = sys.stdout
         try:
             for rec in replay(_lines(f, name), block_size=block_size, num_blocks=num_blocks,
-                              prefix_caching=prefix_caching, watermark=watermark):
+                              prefix_caching=prefix_caching, watermark=watermark, semantics=semantics):
                 out.write(json.dumps(rec) + "\n")
             out.flush()
         except ReplayError as e:

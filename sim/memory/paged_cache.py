@@ -28,7 +28,13 @@ class PagedKVCache:
       - each table has ceil(num_tokens / block_size) entries, no physical block twice;
       - the prefix-cache map and the per-block hashes agree (pool invariants).
     Running out of blocks is a return value (False / ok=False / LATER) and leaves the state unchanged.
+
+    This class is pagesim's own semantics ("pagesim"); sim.memory.semantics names the vLLM ones.
     """
+
+    semantics = "pagesim"
+    # Free blocks a decode step must leave beyond the blocks it takes (see VllmV0Cache).
+    append_headroom = 0
 
     def __init__(self, num_blocks: int, block_size: int, *, watermark: float = 0.01,
                  enable_prefix_caching: bool = False,
@@ -43,7 +49,7 @@ class PagedKVCache:
         # Same rounding as vLLM v0: int(watermark * num_gpu_blocks).
         self.watermark_blocks = int(watermark * num_blocks)
         self.enable_prefix_caching = bool(enable_prefix_caching)
-        self._pool = BlockPool(num_blocks, enable_caching=self.enable_prefix_caching)
+        self._pool = self._new_pool()
         self._tables: dict[SeqId, BlockTable] = {}
         self._cached_tokens: dict[SeqId, int] = {}
         self._num_refs = 0
@@ -62,7 +68,12 @@ class PagedKVCache:
         self._sink = op_sink
         if op_sink is not None:
             op_sink({"op": "config", "block_size": block_size, "num_blocks": num_blocks,
-                     "prefix_caching": self.enable_prefix_caching, "watermark": self.watermark})
+                     "prefix_caching": self.enable_prefix_caching, "watermark": self.watermark,
+                     "semantics": self.semantics})
+
+    def _new_pool(self) -> BlockPool:
+        """The block pool behind the tables (the semantics subclasses bring their own)."""
+        return BlockPool(self.num_blocks, enable_caching=self.enable_prefix_caching)
 
     # ---- sizes -------------------------------------------------------------------------------
     @property
@@ -328,10 +339,11 @@ class PagedKVCache:
         if self._sink is not None:
             self._sink({"op": "fork", "parent": parent_id, "child": child_id})
 
-    def free(self, seq_id: SeqId) -> None:
+    def free(self, seq_id: SeqId, *, now: float | None = None) -> None:
         """Drop the sequence; blocks whose ref count reaches 0 become free (cached ones stay cached).
 
         Blocks are released last-first so a sequence's tail is evicted before its head (vLLM v1).
+        now (the sequence's last access time) matters only to vLLM v0's evictor (VllmV0Cache).
         """
         t = self._table(seq_id)
         del self._tables[seq_id]

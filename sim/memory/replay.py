@@ -19,6 +19,7 @@ from sim.memory.extent_allocator import PLACEMENTS
 from sim.memory.outcomes import AllocStatus, CacheError
 from sim.memory.paged_cache import PagedKVCache
 from sim.memory.prefix import ROOT_HASH, next_token_block_hash
+from sim.memory.semantics import DEFAULT_SEMANTICS, SEMANTICS, make_paged_cache
 
 PAGED_OPS = ("allocate", "append", "fork", "free", "rollback", "free_before")
 CONTIG_OPS = ("allocate", "free")
@@ -26,11 +27,11 @@ _FIELDS = {  # op -> (required keys, optional keys); exactly one of n/tokens whe
     "allocate": ({"seq"}, {"n", "tokens", "block_hashes"}),
     "append": ({"seq"}, {"n", "tokens", "block_hashes"}),
     "fork": ({"parent", "child"}, set()),
-    "free": ({"seq"}, set()),
+    "free": ({"seq"}, {"t"}),
     "rollback": ({"seq", "n"}, set()),
     "free_before": ({"seq", "token"}, set()),
 }
-_PAGED_CONFIG = {"block_size", "num_blocks", "prefix_caching", "watermark"}
+_PAGED_CONFIG = {"block_size", "num_blocks", "prefix_caching", "watermark", "semantics"}
 _CONTIG_CONFIG = {"capacity_tokens", "placement", "policy", "max_model_len"}
 
 
@@ -140,7 +141,13 @@ def _make_paged(line: int, s: dict[str, Any]) -> PagedKVCache:
     wm = s.get("watermark", 0.01)
     if isinstance(wm, bool) or not isinstance(wm, (int, float)) or not 0 <= wm < 1:
         raise ReplayError(line, f"watermark = {json.dumps(wm)} out of range (valid: [0, 1))")
-    return PagedKVCache(s["num_blocks"], s["block_size"], watermark=wm, enable_prefix_caching=pc)
+    sem = s.get("semantics", DEFAULT_SEMANTICS)
+    if sem not in SEMANTICS:
+        raise ReplayError(line, f"semantics = {json.dumps(sem)} is not valid (valid: {', '.join(SEMANTICS)})")
+    if sem == "vllm-v1" and s["num_blocks"] < 2:
+        raise ReplayError(line, "num_blocks = 1 out of range for semantics vllm-v1 (valid: >= 2: block 0 "
+                                "is its null block)")
+    return make_paged_cache(sem, s["num_blocks"], s["block_size"], watermark=wm, enable_prefix_caching=pc)
 
 
 def _make_contig(line: int, s: dict[str, Any]) -> ContiguousKVCache:
@@ -158,15 +165,17 @@ def _make_contig(line: int, s: dict[str, Any]) -> ContiguousKVCache:
 
 
 def replay(lines: Iterable[str], *, block_size: int | None = None, num_blocks: int | None = None,
-           prefix_caching: bool | None = None, watermark: float | None = None) -> Iterator[dict[str, Any]]:
+           prefix_caching: bool | None = None, watermark: float | None = None,
+           semantics: str | None = None) -> Iterator[dict[str, Any]]:
     """Replay op lines (see docs/memory.md) and yield one result dict per op.
 
     Settings come from the keyword arguments and/or an optional first `{"op": "config", ...}` line;
-    a value given both ways must agree. A config with "kind": "contiguous" replays allocate/free
-    against a ContiguousKVCache instead. Raises ReplayError on malformed input.
+    a value given both ways must agree. semantics names the block-manager behaviour
+    (sim.memory.semantics; default "pagesim"). A config with "kind": "contiguous" replays
+    allocate/free against a ContiguousKVCache instead. Raises ReplayError on malformed input.
     """
     given = {"block_size": block_size, "num_blocks": num_blocks, "prefix_caching": prefix_caching,
-             "watermark": watermark}
+             "watermark": watermark, "semantics": semantics}
     cache: PagedKVCache | ContiguousKVCache | None = None
     toks: dict[Any, _Tokens] = {}
     i = 0
@@ -223,6 +232,7 @@ def _paged_op(c: PagedKVCache, toks: dict[Any, _Tokens], i: int, line: int,
                     hashes = st.hashes
             status = c.can_allocate(n, hashes)
             out["can_allocate"] = status.value
+            out["admitted"] = False
             if c.has_seq(seq):
                 raise CacheError(f"sequence {seq!r} already allocated")
             if status is not AllocStatus.OK:
@@ -231,6 +241,7 @@ def _paged_op(c: PagedKVCache, toks: dict[Any, _Tokens], i: int, line: int,
                                  f"{c.num_free_blocks} free, watermark {c.watermark_blocks}")
             if not c.allocate(seq, n, hashes):  # cannot happen: OK implies enough free blocks
                 raise RuntimeError(f"line {line}: allocate failed after can_allocate said OK")
+            out["admitted"] = True
             if track:
                 toks[seq] = st
             out["num_cached_tokens"] = c.num_cached_tokens(seq)
@@ -244,8 +255,10 @@ def _paged_op(c: PagedKVCache, toks: dict[Any, _Tokens], i: int, line: int,
                 st.extend(tokens, n, bs)
                 if tokens is not None:
                     hashes = st.hashes
-            res = c.append(seq, n, hashes)
-            if not res.ok:
+            # can_append is the semantics' gate (vLLM v0 asks for its worst case, the others for the
+            # blocks append takes); append itself changes nothing when it fails.
+            res = c.append(seq, n, hashes) if c.can_append(seq, n) else None
+            if res is None or not res.ok:
                 raise CacheError(f"out of blocks: append of {n} tokens needs {need}, "
                                  f"{c.num_free_blocks} free")
             if track:
@@ -258,7 +271,11 @@ def _paged_op(c: PagedKVCache, toks: dict[Any, _Tokens], i: int, line: int,
                 toks[seq] = toks[parent].copy()
         elif op == "free":
             used = c.num_used_blocks
-            c.free(seq)
+            t = obj.get("t")
+            if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float))):
+                raise ReplayError(line, f"field 't' = {json.dumps(t)} must be a number (the sequence's "
+                                        f"last access time)")
+            c.free(seq, now=t)
             toks.pop(seq, None)
             out["blocks_freed"] = used - c.num_used_blocks
         elif op == "rollback":
@@ -272,6 +289,7 @@ def _paged_op(c: PagedKVCache, toks: dict[Any, _Tokens], i: int, line: int,
         out["ok"] = False
         out["error"] = str(e)
     out["num_free_blocks"] = c.num_free_blocks
+    out["seq_blocks"] = list(c.block_table(seq)) if c.has_seq(seq) else None
     out["seq_num_blocks"] = len(c.block_table(seq)) if c.has_seq(seq) else None
     out["seq_num_tokens"] = c.num_tokens(seq) if c.has_seq(seq) else None
     out["num_cows"] = c.total_cows - cows_before
@@ -295,9 +313,11 @@ def _contig_op(c: ContiguousKVCache, i: int, line: int, obj: dict[str, Any]) -> 
             out["can_allocate"] = status.value
             if c.has_seq(seq):
                 raise CacheError(f"sequence {seq!r} already allocated")
+            out["admitted"] = False
             if not c.allocate(seq, n):
                 raise CacheError(f"cannot allocate {n} slots ({status.value}): {c.free_slots} free, "
                                  f"largest hole {c.largest_free_extent}")
+            out["admitted"] = True
         else:
             c.free(seq)
     except CacheError as e:
