@@ -14,6 +14,9 @@ from sim.checks import is_int, is_num, out_of_range
 from sim.request import SpecError
 
 PREEMPTION_MODES: tuple[str, ...] = ("recompute", "swap")
+SCHEDULER_POLICIES: tuple[str, ...] = ("mixed", "vllm-v0", "vllm-v1")
+# Mirrors sim.memory.semantics.SEMANTICS (a test checks they agree; validating a config imports no cache).
+CACHE_SEMANTICS: tuple[str, ...] = ("pagesim", "vllm-v0", "vllm-v1")
 TOO_LONG_RULES: tuple[str, ...] = ("reject", "truncate", "error")
 # Mirrors sim.memory.contiguous_cache.RESERVATION_POLICIES / sim.memory.extent_allocator.PLACEMENTS; a test checks
 # they agree (kept here so validating a config does not import the allocators).
@@ -30,11 +33,15 @@ class PagedCacheSpec:
     """A PagedAttention cache: fixed blocks of `block_size` token slots, optional prefix caching.
 
     watermark: fraction of blocks kept free at admission (vLLM's 1%), in [0, 1).
+    semantics: whose block-manager behaviour the cache follows (sim.memory.semantics): "pagesim" (the
+      default, the simulator's own), "vllm-v0" (vLLM 0.7.3's block manager, op for op) or "vllm-v1"
+      (vLLM v1's BlockPool / KVCacheManager); docs/memory.md lists the differences.
     """
 
     block_size: int = 16
     prefix_caching: bool = False
     watermark: float = 0.01
+    semantics: str = "pagesim"
 
     def __post_init__(self) -> None:
         if not is_int(self.block_size) or self.block_size < 1:
@@ -43,6 +50,8 @@ class PagedCacheSpec:
             raise _bad("cache.prefix_caching", "true or false", self.prefix_caching)
         if not is_num(self.watermark) or not 0.0 <= self.watermark < 1.0:
             raise _bad("cache.watermark", "[0, 1)", self.watermark)
+        if self.semantics not in CACHE_SEMANTICS:
+            raise _bad("cache.semantics", ", ".join(CACHE_SEMANTICS), self.semantics)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +80,12 @@ CacheSpec = PagedCacheSpec | ContiguousCacheSpec
 @dataclass(frozen=True, slots=True)
 class SchedulerConfig:
     """Iteration-level scheduler settings (vLLM v0-like defaults).
+
+    policy: how a step is composed (docs/simulator.md): "mixed" (the default: decodes first, then
+      waiting prefills fill the token budget in the same step, Orca / Sarathi style), "vllm-v0" (vLLM
+      v0's default scheduler: a step runs waiting prefills only, stalling decodes, whenever one can be
+      admitted; with chunked_prefill it is vLLM v0's chunked scheduler, i.e. "mixed") or "vllm-v1"
+      (vLLM v1: chunked prefill always on within max_num_batched_tokens, preemption by recompute only).
 
     max_num_seqs: sequences in one batch (a beam/parallel group counts all its sequences).
     max_num_batched_tokens: tokens per step (decode tokens + prefill chunk tokens); None: 512 with
@@ -101,6 +116,7 @@ class SchedulerConfig:
     too_long: str = "reject"
     beam_switch_prob: float = 0.5
     beam_switch_halflife: float = 10.0
+    policy: str = "mixed"
 
     def __post_init__(self) -> None:
         if not is_int(self.max_num_seqs) or self.max_num_seqs < 1:
@@ -111,8 +127,13 @@ class SchedulerConfig:
                        f"None or integer >= max_num_seqs = {self.max_num_seqs}", self.max_num_batched_tokens)
         if not isinstance(self.chunked_prefill, bool):
             raise _bad("scheduler.chunked_prefill", "true or false", self.chunked_prefill)
+        if self.policy not in SCHEDULER_POLICIES:
+            raise _bad("scheduler.policy", ", ".join(SCHEDULER_POLICIES), self.policy)
         if self.preemption_mode not in PREEMPTION_MODES:
             raise _bad("scheduler.preemption_mode", ", ".join(PREEMPTION_MODES), self.preemption_mode)
+        if self.policy == "vllm-v1" and self.preemption_mode == "swap":
+            raise _bad("scheduler.preemption_mode", "recompute with policy vllm-v1 (vLLM v1 has no swap)",
+                       self.preemption_mode)
         if not is_num(self.cpu_swap_space_gb) or self.cpu_swap_space_gb < 0:
             raise _bad("scheduler.cpu_swap_space_gb", "GiB >= 0", self.cpu_swap_space_gb)
         if not isinstance(self.swap_prefetch, bool):
@@ -127,11 +148,16 @@ class SchedulerConfig:
         if not is_num(self.beam_switch_halflife) or self.beam_switch_halflife <= 0:
             raise _bad("scheduler.beam_switch_halflife", "tokens > 0", self.beam_switch_halflife)
 
+    @property
+    def chunked(self) -> bool:
+        """Prompts are split into chunks: chunked_prefill, or always under policy vllm-v1."""
+        return self.chunked_prefill or self.policy == "vllm-v1"
+
     def token_budget(self, max_model_len: int) -> int:
         """The effective max_num_batched_tokens (the default depends on chunking and max_model_len)."""
         if self.max_num_batched_tokens is not None:
             return self.max_num_batched_tokens
-        return max(512, self.max_num_seqs) if self.chunked_prefill else max(max_model_len, 2048, self.max_num_seqs)
+        return max(512, self.max_num_seqs) if self.chunked else max(max_model_len, 2048, self.max_num_seqs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,12 +233,14 @@ class SimConfig:
 
 
 def system_label(cache: CacheSpec) -> str:
-    """Short name of a cache system: "paged-16", "paged-16+prefix", "contig-max", "contig-pow2-best_fit".
+    """Short name of a cache system: "paged-16", "paged-16+prefix", "paged-16@vllm-v0" (a semantics other
+    than pagesim's), "contig-max", "contig-pow2-best_fit".
 
     The default placement (first_fit) is left out of contiguous labels.
     """
     if isinstance(cache, PagedCacheSpec):
-        return f"paged-{cache.block_size}" + ("+prefix" if cache.prefix_caching else "")
+        sem = "" if cache.semantics == "pagesim" else f"@{cache.semantics}"
+        return f"paged-{cache.block_size}" + ("+prefix" if cache.prefix_caching else "") + sem
     if isinstance(cache, ContiguousCacheSpec):
         return f"contig-{cache.policy}" + ("" if cache.placement == "first_fit" else f"-{cache.placement}")
     raise _bad("cache", "PagedCacheSpec(...) or ContiguousCacheSpec(...)", cache)

@@ -20,6 +20,7 @@ import simpy
 from sim.config import ContiguousCacheSpec, PagedCacheSpec, SimConfig, resolve, system_label
 from sim.memory.contiguous_cache import ContiguousKVCache
 from sim.memory.paged_cache import PagedKVCache
+from sim.memory.semantics import make_paged_cache
 from sim.records.breakdown import Breakdown
 from sim.records.memory_probe import MemoryProbe
 from sim.records.metrics import StepTotals, request_record, summarize
@@ -73,8 +74,8 @@ class Engine:
         swap = None
         if isinstance(config.cache, PagedCacheSpec):
             cs = config.cache
-            cache = PagedKVCache(res.num_blocks, cs.block_size, watermark=cs.watermark,
-                                 enable_prefix_caching=cs.prefix_caching, op_sink=op_sink)
+            cache = make_paged_cache(cs.semantics, res.num_blocks, cs.block_size, watermark=cs.watermark,
+                                     enable_prefix_caching=cs.prefix_caching, op_sink=op_sink)
             swap = SwapSpace(res.cpu_swap_blocks, cs.block_size * res.kv_bytes_per_token, res.pcie_bandwidth_Bps)
             self.capacity = res.num_blocks * cs.block_size
             unit_bytes = cs.block_size * res.kv_bytes_per_token
@@ -205,7 +206,7 @@ class Engine:
         else:
             chunks = before = _EMPTY
         ksum = bsum = None
-        if not out.decode_groups:  # only DecodeSet members decode: the latency model takes their kept sums
+        if not out.decode_groups and not out.decodes_stalled:  # only DecodeSet members decode: their kept sums
             d = self.sched.dset
             ksum = d.true_sum_ctx()
             if self._paged:
@@ -341,6 +342,9 @@ class Engine:
             "kv_dtype": self.config.kv_dtype,
             "kv_bytes_per_token": self.res.kv_bytes_per_token,
             "sliding_window": self.res.model.sliding_window or 0,
+            # Which engine behaviour the run followed (docs/memory.md, docs/simulator.md).
+            "semantics": getattr(c, "semantics", "contiguous"),
+            "scheduler_policy": self.config.scheduler.policy,
             **self.monitor.totals(end, duration),
         }
         if isinstance(c, PagedKVCache):

@@ -35,6 +35,8 @@ class PagedKVCache:
     semantics = "pagesim"
     # Free blocks a decode step must leave beyond the blocks it takes (see VllmV0Cache).
     append_headroom = 0
+    # Blocks the engine keeps out of use for good (vLLM v1's null block); neither free nor used.
+    num_reserved_blocks = 0
 
     def __init__(self, num_blocks: int, block_size: int, *, watermark: float = 0.01,
                  enable_prefix_caching: bool = False,
@@ -437,4 +439,4 @@ class PagedKVCache:
             if r >= 2:
                 shared[r] = shared.get(r, 0) + 1
         assert shared == self._shared, f"shared-block histogram {self._shared} != recount {shared}"
-        assert self.num_free_blocks + self.num_used_blocks == self.num_blocks
+        assert self.num_free_blocks + self.num_used_blocks + self.num_reserved_blocks == self.num_blocks

@@ -134,6 +134,7 @@ class VllmV1Cache(PagedKVCache):
     """PagedKVCache with vLLM v1's semantics (module doc); same API and invariants (null block aside)."""
 
     semantics = "vllm-v1"
+    num_reserved_blocks = 1  # the null block
     _pool: V1BlockPool
 
     def __init__(self, *args: Any, **kw: Any) -> None:
@@ -142,6 +143,16 @@ class VllmV1Cache(PagedKVCache):
 
     def _new_pool(self) -> V1BlockPool:
         return V1BlockPool(self.num_blocks, enable_caching=self.enable_prefix_caching)
+
+    @property
+    def num_used_blocks(self) -> int:
+        """Blocks referenced by at least one block table (the null block is not counted)."""
+        return self.num_blocks - 1 - len(self._pool.free_queue)
+
+    def ref_count_histogram(self) -> tuple[int, int, int, int, int]:
+        """As PagedKVCache's, without the null block."""
+        h = super().ref_count_histogram()
+        return h[0] - 1, h[1], h[2], h[3], h[4]
 
     def _leading_hits(self, num_tokens: int, block_hashes: Sequence[int]) -> list[int]:
         """The leading run of cached full blocks, capped at num_tokens - 1 tokens (v1's max hit)."""

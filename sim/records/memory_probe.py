@@ -74,7 +74,7 @@ class MemoryProbe:
             stl, stp = stale_sums(s, self.window)
         c = self.cache
         if isinstance(c, PagedKVCache):
-            used_blocks = c.num_blocks - c.num_free_blocks
+            used_blocks = c.num_blocks - c.num_free_blocks - c.num_reserved_blocks  # v1's null block: free
             return sum_ctx, sum_spec, sum_alloc, sum_capf, used_blocks * b, ext, used_blocks, stl, stp
         return sum_ctx, sum_spec, sum_alloc, sum_capf, c.used_slots, ext, 0, stl, stp
 

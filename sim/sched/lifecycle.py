@@ -43,7 +43,10 @@ def admit_request(s: Scheduler, spec: RequestSpec, *, max_model_len: int) -> Seq
     if not reason and spec.num_seqs > s.config.max_num_seqs:
         reason = (f"needs {spec.num_seqs} sequences (n/beam_width) but max_num_seqs = "
                   f"{s.config.max_num_seqs}")
-    if not reason and not s.config.chunked_prefill and spec.prompt_len > s.token_budget:
+    if not reason and spec.num_seqs > 1 and getattr(s.ops.cache, "semantics", "") == "vllm-v1":
+        reason = ("n > 1 / beam search under cache semantics vllm-v1: vLLM v1 runs each sample as its "
+                  "own request (no fork, no copy-on-write); not modelled")
+    if not reason and not s.config.chunked and spec.prompt_len > s.token_budget:
         reason = (f"prompt_len = {spec.prompt_len} exceeds max_num_batched_tokens = {s.token_budget} "
                   f"without chunked prefill")
     if not reason:
@@ -66,7 +69,7 @@ def complete_step(s: Scheduler, out: SchedulerOutput, now: float) -> list[SeqGro
     """Apply a finished step at time `now`; returns the groups that finished in it."""
     s.in_flight = False
     # Members of the DecodeSet whose last token this step produced (their counters are lazy).
-    done = [s.slot_group[slot] for slot in s.dset.finishing()]
+    done = [] if out.decodes_stalled else [s.slot_group[slot] for slot in s.dset.finishing()]
     if s.deferred_release:
         for slot in s.deferred_release:
             s.table.release(slot)

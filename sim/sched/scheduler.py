@@ -60,7 +60,11 @@ class Scheduler:
         # still indexed by the step's arrays: their release waits for complete_step.
         self.in_flight = False
         self.deferred_release: list[int] = []
-        self._chunked = config.chunked_prefill
+        self._chunked = config.chunked
+        # vLLM v0 without chunked prefill runs a step of waiting prefills alone whenever one fits.
+        self._prefill_first = config.policy == "vllm-v0" and not config.chunked
+        # vLLM v0 swaps out a group of several sequences even in recompute mode; v1 never swaps.
+        self._may_swap = config.policy != "vllm-v1"
         # Set by the engine when its latency model times decode-only steps from the DecodeSet's kept
         # sums: such steps then skip building the per-sequence context array (SchedulerOutput.decode_ctx
         # is None; DecodeSet.true_ctx() gives it when a step needs it after all).
@@ -121,13 +125,18 @@ class Scheduler:
     def schedule(self) -> SchedulerOutput:
         """Decide and allocate the next step (see the module doc)."""
         out = SchedulerOutput()
+        if self._prefill_first and self.waiting and not self.swapped:
+            self._schedule_admissions(out, self.token_budget)
+            if out.prefills:  # a prefill-only step: the running sequences wait (vLLM v0)
+                out.decodes_stalled = True
+                return out
         budget = self.token_budget - self._schedule_decodes(out)
         if self._chunked:
             budget = self._schedule_running_prefills(out, budget)
         if not out.preempted:
             if self.swapped:
                 self._schedule_swap_in(out)
-            if self.waiting and not self.swapped:
+            if self.waiting and not self.swapped and not self._prefill_first:
                 self._schedule_admissions(out, budget)
         if self.waiting and not out.head_need:
             out.head_need = self._need(self.waiting[0])
@@ -159,8 +168,11 @@ class Scheduler:
                 ops.release_group_window(g)
         if ops.paged:
             cache = ops.cache
+            # The semantics' headroom (vLLM v0: one free block at each sequence's turn) applies when
+            # sequences decode.
+            head = cache.append_headroom if (len(dset) or self._complex) else 0
             while True:
-                need = dset.crossing_count() + (self._complex_need() if self._complex else 0)
+                need = dset.crossing_count() + (self._complex_need() if self._complex else 0) + head
                 if need <= cache.num_free_blocks or not self.running:
                     break
                 self._preempt(self.running[-1], out)
@@ -189,7 +201,7 @@ class Scheduler:
 
     def _schedule_running_prefills(self, out: SchedulerOutput, budget: int) -> int:
         """Chunked prefill: continue admitted prompts with the budget left after decodes."""
-        if not self.config.chunked_prefill:
+        if not self._chunked:
             return budget  # without chunking every prefill completes in the step that admits it
         for g in self.running:
             if g.decoding or g.prefill_done >= g.prefill_target:
@@ -233,7 +245,7 @@ class Scheduler:
             self._add_running(g)
 
     def _schedule_admissions(self, out: SchedulerOutput, budget: int) -> None:
-        ops, chunked = self.ops, self.config.chunked_prefill
+        ops, chunked = self.ops, self._chunked
         while self.waiting:
             g = self.waiting[0]
             if self.num_running_seqs + g.num_seqs > self.config.max_num_seqs:
@@ -308,7 +320,7 @@ class Scheduler:
         out.preempted.append(g)
         g.peak_blocks = max(g.peak_blocks, ops.group_blocks(g))
         # vLLM v0 recomputes only single sequences: a group of several is swapped in either mode.
-        if g.decoding and (self.config.preemption_mode == "swap" or len(g.slots) > 1):
+        if g.decoding and self._may_swap and (self.config.preemption_mode == "swap" or len(g.slots) > 1):
             blocks = ops.cache.unique_blocks(g.seq_ids)
             assert self.swap is not None
             if self.swap.can_swap_out(blocks):

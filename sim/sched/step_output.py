@@ -28,6 +28,7 @@ class SchedulerOutput:
     accepted: slot -> draft tokens accepted this step (speculative sequences);
     blocked: the head waiting group could not be admitted for memory (why: LATER/LATER_FRAGMENTED);
     head_need: what that head group needs (contiguous: slots; paged: blocks), 0 if nothing waits.
+    decodes_stalled: a prefill-only step (scheduler policy vllm-v0): running sequences got no token.
     swap_out_s / swap_in_s: PCIe transfer times of this step's swaps (the engine decides how much of
     the swap-in is hidden behind the forward pass: SchedulerConfig.swap_prefetch).
     """
@@ -55,3 +56,4 @@ class SchedulerOutput:
     num_decode_tokens: int = 0
     blocked: str = ""
     head_need: int = 0
+    decodes_stalled: bool = False

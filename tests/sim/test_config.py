@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from sim.config import (
+    CACHE_SEMANTICS,
     CONTIG_PLACEMENTS,
     CONTIG_POLICIES,
     ContiguousCacheSpec,
@@ -19,6 +20,7 @@ from sim.config import (
 from sim.engine import simulate
 from sim.memory.contiguous_cache import RESERVATION_POLICIES
 from sim.memory.extent_allocator import PLACEMENTS
+from sim.memory.semantics import SEMANTICS
 from sim.request import RequestSpec, SpecError
 from sim.sched.swap import SwapSpace, SwapSpaceError
 
@@ -101,11 +103,27 @@ def test_system_labels() -> None:
 def test_choices_match_the_memory_layer() -> None:
     assert set(CONTIG_POLICIES) == set(RESERVATION_POLICIES)
     assert set(CONTIG_PLACEMENTS) == set(PLACEMENTS)
+    assert CACHE_SEMANTICS == tuple(SEMANTICS)
+
+
+def test_semantics_and_policy_fields() -> None:
+    assert system_label(PagedCacheSpec(semantics="vllm-v0")) == "paged-16@vllm-v0"
+    assert system_label(PagedCacheSpec(prefix_caching=True, semantics="vllm-v1")) == "paged-16+prefix@vllm-v1"
+    with pytest.raises(SpecError, match="cache.semantics.*pagesim, vllm-v0, vllm-v1"):
+        PagedCacheSpec(semantics="v0")
+    with pytest.raises(SpecError, match="scheduler.policy.*mixed, vllm-v0, vllm-v1"):
+        SchedulerConfig(policy="orca")
+    with pytest.raises(SpecError, match="vLLM v1 has no swap"):
+        SchedulerConfig(policy="vllm-v1", preemption_mode="swap")
+    v1 = SchedulerConfig(policy="vllm-v1")
+    assert v1.chunked and not v1.chunked_prefill and v1.token_budget(4096) == 512
 
 
 def test_config_dict_is_plain_data() -> None:
     d = SimConfig(scheduler=SchedulerConfig(preemption_mode="swap")).to_dict()
-    assert d["cache"] == {"kind": "paged", "block_size": 16, "prefix_caching": False, "watermark": 0.01}
+    assert d["cache"] == {"kind": "paged", "block_size": 16, "prefix_caching": False, "watermark": 0.01,
+                          "semantics": "pagesim"}
+    assert d["scheduler"]["policy"] == "mixed"
     assert d["scheduler"]["preemption_mode"] == "swap" and d["model"] == "opt-13b" and d["latency"] is None
 
 
