@@ -17,6 +17,7 @@ import tomllib
 
 from sim.checks import is_int, is_num, out_of_range
 from sim.config import (
+    CACHE_SEMANTICS,
     CONTIG_PLACEMENTS,
     CONTIG_POLICIES,
     CacheSpec,
@@ -119,6 +120,7 @@ class Experiment:
     block_size: int = 16
     placement: str = "first_fit"
     prefix_caching: bool = False
+    semantics: str = "pagesim"
     kv_capacity_tokens: int | None = None
     kv_budget_gb: float | None = None
     gpu_memory_utilization: float = 0.9
@@ -139,6 +141,8 @@ class Experiment:
             raise _bad("gpu", ", ".join(GPUS), self.gpu)
         if not self.systems:
             raise _bad("systems", "a non-empty list of systems", self.systems)
+        if self.semantics not in CACHE_SEMANTICS:
+            raise _bad("semantics", ", ".join(CACHE_SEMANTICS), self.semantics)
         for s in self.systems:
             self.cache_spec(s)
         if self.kv_budget_gb is not None and (not is_num(self.kv_budget_gb) or self.kv_budget_gb <= 0):
@@ -155,7 +159,7 @@ class Experiment:
 
     def cache_spec(self, system: str) -> CacheSpec:
         """The cache spec of a system name (see module docstring); ConfigError for an unknown name."""
-        return parse_system(system, self.block_size, self.placement, self.prefix_caching)
+        return parse_system(system, self.block_size, self.placement, self.prefix_caching, self.semantics)
 
     def sim_config(self, system: str) -> SimConfig:
         """The engine configuration for one system of this experiment."""
@@ -245,13 +249,19 @@ def load_experiment(path: str | Path) -> Experiment:
 
 
 def parse_system(name: str, block_size: int = 16, placement: str = "first_fit",
-                 prefix_caching: bool = False) -> CacheSpec:
-    """'paged', 'paged-32', 'paged-16+prefix', 'max', 'pow2-best_fit', 'contig-oracle-buddy' -> CacheSpec."""
+                 prefix_caching: bool = False, semantics: str = "pagesim") -> CacheSpec:
+    """'paged', 'paged-32', 'paged-16+prefix', 'paged-16@vllm-v0', 'max', 'pow2-best_fit',
+    'contig-oracle-buddy' -> CacheSpec. A paged name's '@SEMANTICS' overrides `semantics`."""
     s = str(name).strip().lower()
-    valid = ("paged[-B][+prefix], max, pow2, pow2-output, oracle (optionally contig- prefix and "
-             "-first_fit/-best_fit/-buddy)")
+    valid = ("paged[-B][+prefix][@pagesim|@vllm-v0|@vllm-v1], max, pow2, pow2-output, oracle (optionally "
+             "contig- prefix and -first_fit/-best_fit/-buddy)")
     if s.startswith("paged"):
-        rest = s[len("paged"):]
+        rest, at, sem = s[len("paged"):].partition("@")
+        if at:
+            if sem not in CACHE_SEMANTICS:
+                raise ConfigError(f"system '{name}': semantics '{sem}' not understood (valid: "
+                                  f"{', '.join(CACHE_SEMANTICS)})")
+            semantics = sem
         pc = prefix_caching
         if rest.endswith("+prefix"):
             pc, rest = True, rest[: -len("+prefix")]
@@ -259,7 +269,7 @@ def parse_system(name: str, block_size: int = 16, placement: str = "first_fit",
             if not rest.startswith("-") or not rest[1:].isdigit():
                 raise ConfigError(f"system '{name}' not understood (valid: {valid})")
             block_size = int(rest[1:])
-        return PagedCacheSpec(block_size=block_size, prefix_caching=pc)
+        return PagedCacheSpec(block_size=block_size, prefix_caching=pc, semantics=semantics)
     s = s.removeprefix("contig-")
     # A policy name may itself hold a '-' ("pow2-output"): take the longest policy the name starts with.
     policy = next((p for p in sorted(CONTIG_POLICIES, key=len, reverse=True) if s == p or s.startswith(p + "-")), "")

@@ -228,7 +228,8 @@ def _overview_text(bundle: ResultsBundle) -> str:
     lines = [f"Results directory: {bundle.path}", f"Rows in summary.csv: {len(s)}"]
     if lat:
         lines.append(f"Latency model: {lat}")
-    for col, what in (("kv_dtype", "KV storage dtype"), ("sliding_window", "Attention window (tokens, 0: none)")):
+    for col, what in (("kv_dtype", "KV storage dtype"), ("sliding_window", "Attention window (tokens, 0: none)"),
+                      ("semantics", "Block-manager semantics"), ("scheduler_policy", "Scheduler policy")):
         if col in s.columns:
             vals = ", ".join(sorted({_fmt(v) for v in s[col].dropna()}))
             if vals:

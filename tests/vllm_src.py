@@ -82,7 +82,7 @@ class _Anything(type):
         return cls
 
     def __call__(cls, *a: Any, **k: Any) -> Any:
-        return a[0] if len(a) == 1 and callable(a[0]) and not k else object.__new__(cls)
+        return a[0] if len(a) == 1 and callable(a[0]) and not k else type.__call__(cls)
 
 
 class _StubModule(types.ModuleType):
@@ -189,7 +189,7 @@ def _chunks(lst: list[int], n: int) -> Iterator[list[int]]:
 def load_v0(root: Path) -> Any:
     """vLLM 0.7.3's vllm.core.block_manager module (SelfAttnBlockSpaceManager, AllocStatus)."""
     platform = types.SimpleNamespace(is_hpu=lambda: False)
-    stubs = {
+    stubs: dict[str, dict[str, Any]] = {
         "vllm.utils": {"Device": Device, "cdiv": lambda a, b: -(a // -b), "chunk_list": _chunks,
                        "STR_NOT_IMPL_ENC_DEC_SWA": "", "STR_NOT_IMPL_ENC_DEC_PREFIX_CACHE": ""},
         "vllm.platforms": {"current_platform": platform},
@@ -203,7 +203,7 @@ def load_v0(root: Path) -> Any:
 
 def load_v1(root: Path) -> tuple[Any, Any]:
     """vLLM 0.34.0's (vllm.v1.core.block_pool, vllm.v1.core.kv_cache_utils) modules."""
-    stubs = {
+    stubs: dict[str, dict[str, Any]] = {
         "vllm.logger": {"init_logger": logging.getLogger},
         "vllm.utils.gc_utils": {"gc_untrack": lambda x: x},
         "vllm.envs": {"VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES": False},

@@ -103,7 +103,7 @@ def test_system_labels() -> None:
 def test_choices_match_the_memory_layer() -> None:
     assert set(CONTIG_POLICIES) == set(RESERVATION_POLICIES)
     assert set(CONTIG_PLACEMENTS) == set(PLACEMENTS)
-    assert CACHE_SEMANTICS == tuple(SEMANTICS)
+    assert tuple(SEMANTICS) == CACHE_SEMANTICS
 
 
 def test_semantics_and_policy_fields() -> None:

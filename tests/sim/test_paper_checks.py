@@ -82,7 +82,10 @@ def _window(reqs_end: float) -> tuple[float, float]:
 def test_fig2_token_state_share_of_kv_memory(fig2_runs: dict[str, SimResult]) -> None:
     last_arrival = max(r.arrival_s for r in fig2_runs["paged"].requests)
     shares = {k: steady_share_of_used(r, *_window(last_arrival)) for k, r in fig2_runs.items()}
-    print("\nFig. 2 token-state share of held KV memory (sim vs paper):")
+    used = {(r.summary["semantics"], r.summary["scheduler_policy"]) for r in fig2_runs.values()}
+    # The checks run the defaults: pagesim's block-manager semantics and the mixed scheduler.
+    assert used == {("pagesim", "mixed"), ("contiguous", "mixed")}
+    print("\nFig. 2 token-state share of held KV memory (sim vs paper; semantics pagesim, scheduler mixed):")
     for k, v in shares.items():
         print(f"  {k:11s} {v['token_states']:5.1f}%  (paper {PAPER_TOKEN_SHARE.get(k, '-')}%)")
     # Paged: only the unfilled tail of each last block and the admission watermark are lost. With

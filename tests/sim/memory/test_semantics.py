@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 
 from sim.memory.outcomes import AllocStatus, CacheError
+from sim.memory.paged_cache import PagedKVCache
 from sim.memory.semantics import DEFAULT_SEMANTICS, SEMANTICS, make_paged_cache
 
 
-def cache(sem: str, n: int = 8, bs: int = 4, pc: bool = True, wm: float = 0.0):  # type: ignore[no-untyped-def]
+def cache(sem: str, n: int = 8, bs: int = 4, pc: bool = True, wm: float = 0.0) -> PagedKVCache:
     return make_paged_cache(sem, n, bs, watermark=wm, enable_prefix_caching=pc)
 
 

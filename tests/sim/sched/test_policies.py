@@ -17,9 +17,10 @@ def _mix(seed: int, n: int = 40, shared: bool = True) -> list[RequestSpec]:
     out = []
     for i in range(n):
         fam = int(rng.integers(3))
-        kw = {"prefix_hashes": tuple(range(fam * 100, fam * 100 + 8)), "prefix_unit": 4} if shared else {}
+        ids = tuple(range(fam * 100, fam * 100 + 8)) if shared else ()
         out.append(RequestSpec(i, 0.05 * i, int(rng.integers(4, 40)), int(rng.integers(1, 30)),
-                               n=2 if i % 7 == 3 else 1, spec_k=2 if i % 11 == 5 else 0, spec_accept=0.5, **kw))
+                               n=2 if i % 7 == 3 else 1, spec_k=2 if i % 11 == 5 else 0, spec_accept=0.5,
+                               prefix_hashes=ids, prefix_unit=4))
     return out
 
 
