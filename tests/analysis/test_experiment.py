@@ -130,3 +130,15 @@ def test_sweep_axes_from_toml(tmp_path: Path) -> None:
     p.write_text("[sweep.axes]\nrate = []\n")
     with pytest.raises(ConfigError, match="sweep axis 'rate'"):
         sweep_axes(p)
+
+
+def test_semantics_by_system_name_and_field() -> None:
+    assert parse_system("paged-32+prefix@vllm-v1") == PagedCacheSpec(32, True, semantics="vllm-v1")
+    assert parse_system("paged", semantics="vllm-v0").semantics == "vllm-v0"
+    with pytest.raises(ConfigError, match="semantics 'v9' not understood"):
+        parse_system("paged@v9")
+    e = Experiment().with_overrides({"semantics": "vllm-v0", "scheduler.policy": "vllm-v0"})
+    assert e.sim_config("paged-16").cache.semantics == "vllm-v0" and e.scheduler.policy == "vllm-v0"
+    assert e.sim_config("paged-16@vllm-v1").cache.semantics == "vllm-v1"
+    with pytest.raises(ConfigError, match="semantics"):
+        Experiment(semantics="v3")
