@@ -286,6 +286,10 @@ def resolve(config: SimConfig) -> Resolved:
             raise SpecError(f"config field 'kv_capacity_tokens' = {cap} is smaller than one block "
                             f"(valid: >= block_size = {b} token slots)")
         num_blocks = cap // b
+        if config.cache.semantics == "vllm-v1" and num_blocks < 2:
+            raise SpecError(f"config field 'kv_capacity_tokens' = {cap} holds {num_blocks} block (valid with "
+                            f"cache.semantics vllm-v1: >= 2 blocks = {2 * b} token slots; block 0 is its null "
+                            f"block)")
         swap_blocks = int(config.scheduler.cpu_swap_space_gb * (1 << 30) // (kvb * b))
     else:
         b, num_blocks, swap_blocks = 0, 0, 0

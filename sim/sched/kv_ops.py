@@ -61,11 +61,12 @@ class KVOps:
         """Why the group can never run in an empty cache ("" if it can)."""
         if self.paged:
             c: PagedKVCache = self.cache
-            avail = c.num_blocks - c.watermark_blocks
+            avail = c.num_blocks - c.num_reserved_blocks - c.watermark_blocks
             need = self.worst_case_blocks(g)
             if need > avail:
-                return (f"needs {need} blocks at its final length but the pool has {c.num_blocks} blocks "
-                        f"minus a watermark of {c.watermark_blocks} (valid: <= {avail})")
+                held = f" minus {c.num_reserved_blocks} reserved" if c.num_reserved_blocks else ""
+                return (f"needs {need} blocks at its final length but the pool has {c.num_blocks} blocks"
+                        f"{held} minus a watermark of {c.watermark_blocks} (valid: <= {avail})")
             return ""
         size = self.reservation(g)
         if self.cache.can_allocate(size) is ContigStatus.NEVER:

@@ -70,3 +70,13 @@ def test_vllm_v0_semantics_preempts_earlier_when_the_pool_is_full() -> None:
         c = cfg(capacity=96, cache=PagedCacheSpec(block_size=4, watermark=0.0, semantics=sem))
         pre[sem] = run(reqs, c).summary["num_preemptions"]
     assert pre["vllm-v0"] >= pre["pagesim"] > 0
+
+
+def test_vllm_v1_null_block_counts_against_what_fits() -> None:
+    # 8 blocks of 4: a request reaching 32 tokens fits pagesim's pool but not v1's 7 usable blocks.
+    reqs = [RequestSpec("A", 0.0, 20, 13)]
+    for sem, status in (("pagesim", "finished"), ("vllm-v1", "rejected")):
+        c = cfg(capacity=32, cache=PagedCacheSpec(block_size=4, watermark=0.0, semantics=sem))
+        (r,) = run(reqs, c).requests
+        assert r.status == status
+        assert status == "finished" or "minus 1 reserved" in (r.reason or "")
