@@ -61,8 +61,9 @@ def _streams(kind: str, mods: Any, semantics: str, prefix_caching: bool, n: int)
 @pytest.mark.slow
 @pytest.mark.parametrize("prefix_caching", [False, True], ids=["naive", "prefix"])
 @pytest.mark.parametrize("kind", ["vllm-v0", "vllm-v1"])
-def test_semantics_agree_with_vllm_on_every_op(kind: str, prefix_caching: bool, v0: Any, v1: Any) -> None:
-    mods = v0 if kind == "vllm-v0" else v1
+def test_semantics_agree_with_vllm_on_every_op(kind: str, prefix_caching: bool,
+                                               request: pytest.FixtureRequest) -> None:
+    mods = request.getfixturevalue("v0" if kind == "vllm-v0" else "v1")
     res = _streams(kind, mods, kind, prefix_caching, NUM_STREAMS)
     bad = [r.mismatch for r in res if r.mismatch]
     assert not bad, bad[0]
@@ -75,7 +76,7 @@ def test_semantics_agree_with_vllm_on_every_op(kind: str, prefix_caching: bool, 
 
 @pytest.mark.parametrize("semantics, kind", [("pagesim", "vllm-v0"), ("pagesim", "vllm-v1"),
                                              ("vllm-v1", "vllm-v0"), ("vllm-v0", "vllm-v1")])
-def test_other_semantics_disagree(semantics: str, kind: str, v0: Any, v1: Any) -> None:
+def test_other_semantics_disagree(semantics: str, kind: str, request: pytest.FixtureRequest) -> None:
     """The harness sees a difference: every stream replayed with the wrong semantics diverges."""
-    res = _streams(kind, v0 if kind == "vllm-v0" else v1, semantics, True, 5)
+    res = _streams(kind, request.getfixturevalue("v0" if kind == "vllm-v0" else "v1"), semantics, True, 5)
     assert all(r.mismatch for r in res)
