@@ -21,17 +21,10 @@ from sim.records.results import MemorySample
 
 
 @dataclass(slots=True)
-class Breakdown:
-    """Category totals in token slots (sums to capacity) plus logical token states and blocks."""
+class Breakdown(MemorySample):
+    """A memory sample (categories in token slots, summing to capacity) plus the paged block counts;
+    `time_s` is 0 until `sample(t)` stamps it."""
 
-    token_states: float
-    reserved: float
-    internal_frag: float
-    speculative: float
-    external_frag: float
-    free: float
-    logical_token_states: float
-    capacity: float
     logical_blocks: int = 0  # paged: blocks referenced per sequence (shared ones once per user)
     physical_blocks: int = 0  # paged: blocks in use
 
@@ -39,16 +32,6 @@ class Breakdown:
         """This breakdown as a MemorySample at `time_s`."""
         return MemorySample(time_s, self.token_states, self.reserved, self.internal_frag, self.speculative,
                             self.external_frag, self.free, self.logical_token_states, self.capacity)
-
-    def check_invariants(self, tol: float = 1e-6) -> None:
-        """Raise AssertionError if a category is negative or they do not sum to capacity."""
-        parts = (self.token_states, self.reserved, self.internal_frag, self.speculative, self.external_frag,
-                 self.free)
-        assert all(p >= -tol for p in parts), f"negative category in {parts}"
-        assert abs(sum(parts) - self.capacity) <= tol * max(1.0, self.capacity), \
-            f"categories sum to {sum(parts)} != capacity {self.capacity}"
-        assert self.token_states <= self.logical_token_states + tol, \
-            f"physical token states {self.token_states} > logical {self.logical_token_states}"
 
 
 def breakdown(ctx: np.ndarray, spec: np.ndarray, alloc: np.ndarray, final: np.ndarray, *,
@@ -81,5 +64,5 @@ def from_sums(sum_ctx: int, sum_spec: int, sum_alloc: int, sum_alloc_within_fina
     free = capacity - used_slots
     if not 0 <= external_frag <= free:
         raise ValueError(f"external_frag = {external_frag} out of range (valid: 0..{free} free slots)")
-    return Breakdown(float(physical), float(reserved), float(internal), float(sum_spec), float(external_frag),
+    return Breakdown(0.0, float(physical), float(reserved), float(internal), float(sum_spec), float(external_frag),
                      float(free - external_frag), float(logical), float(capacity))

@@ -15,7 +15,7 @@ SUMMARY_KEYS: tuple[str, ...] = (
     "system", "block_size", "num_requests", "token_states_pct", "reserved_pct", "internal_frag_pct",
     "external_frag_pct", "speculative_pct", "free_pct", "throughput_rps", "throughput_tps",
     "mean_batch_size", "mean_ttft_s", "mean_tpot_s", "mean_normalized_latency_s_per_token",
-    "num_preemptions", "sharing_savings_pct", "latency_model",
+    "num_preemptions", "sharing_savings_pct", "latency_model", "engine",
 )
 
 MEMORY_CATEGORIES: tuple[str, ...] = (
@@ -91,6 +91,16 @@ class MemorySample:
     free: float
     logical_token_states: float  # tokens counted per sequence (a shared block counts once per user)
     capacity: float
+
+    def check_invariants(self, tol: float = 1e-6) -> None:
+        """Raise AssertionError if a category is negative or they do not sum to capacity."""
+        parts = (self.token_states, self.reserved, self.internal_frag, self.speculative, self.external_frag,
+                 self.free)
+        assert all(p >= -tol for p in parts), f"negative category in {parts}"
+        assert abs(sum(parts) - self.capacity) <= tol * max(1.0, self.capacity), \
+            f"categories sum to {sum(parts)} != capacity {self.capacity}"
+        assert self.token_states <= self.logical_token_states + tol, \
+            f"physical token states {self.token_states} > logical {self.logical_token_states}"
 
 
 @dataclass(slots=True)

@@ -20,21 +20,29 @@ class SwapSpaceError(Exception):
 
 
 class SwapSpace:
-    """`capacity_blocks` host blocks of `block_bytes` each, moved at `pcie_bandwidth_Bps` one way.
+    """`capacity_blocks` host blocks of `block_bytes` each, moved at `pcie_bandwidth_Bps` one way, each
+    block also paying `block_copy_s`: the fixed cost of the copy calls that move it (an engine profile's
+    swap_copy_s times its copies per block; vLLM v0 issues one cudaMemcpyAsync per block, layer and K/V,
+    which is why small blocks swap slowly).
 
     Invariants (check_invariants): used_blocks == sum of the blocks held per owner <= capacity_blocks;
     every owner holds >= 1 block.
     """
 
-    def __init__(self, capacity_blocks: int, block_bytes: float, pcie_bandwidth_Bps: float) -> None:
+    def __init__(self, capacity_blocks: int, block_bytes: float, pcie_bandwidth_Bps: float,
+                 block_copy_s: float = 0.0) -> None:
         if capacity_blocks < 0:
             raise ValueError(f"capacity_blocks = {capacity_blocks} out of range (valid: >= 0)")
         if not block_bytes > 0 or not pcie_bandwidth_Bps > 0:
             raise ValueError(f"block_bytes = {block_bytes}, pcie_bandwidth_Bps = {pcie_bandwidth_Bps} "
                              f"out of range (valid: > 0)")
+        if not block_copy_s >= 0:
+            raise ValueError(f"block_copy_s = {block_copy_s} out of range (valid: seconds >= 0)")
         self.capacity_blocks = int(capacity_blocks)
         self.block_bytes = float(block_bytes)
         self.pcie_bandwidth_Bps = float(pcie_bandwidth_Bps)
+        self.block_copy_s = float(block_copy_s)
+        self._s_per_block = self.block_bytes / self.pcie_bandwidth_Bps + self.block_copy_s
         self._held: dict[Hashable, int] = {}
         self.used_blocks = 0
         self.total_out = 0  # blocks ever swapped out
@@ -96,8 +104,11 @@ class SwapSpace:
         return self.total_in * self.block_bytes
 
     def transfer_time(self, num_blocks: int) -> float:
-        """Seconds to move `num_blocks` over PCIe in one direction."""
-        return num_blocks * self.block_bytes / self.pcie_bandwidth_Bps
+        """Seconds to move `num_blocks` over PCIe in one direction: bytes / bandwidth + the copy calls'
+        fixed cost, per block."""
+        if not self.block_copy_s:  # the bandwidth-only model, bit for bit as before
+            return num_blocks * self.block_bytes / self.pcie_bandwidth_Bps
+        return num_blocks * self._s_per_block
 
     def check_invariants(self) -> None:
         """Raise AssertionError naming the owner if an invariant (class doc) is broken."""
