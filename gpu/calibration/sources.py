@@ -138,7 +138,8 @@ def fit_decode(df: pd.DataFrame, model: ModelSpec | None, gpu: GPUSpec | None, t
     df = df.reset_index(drop=True)
     held = _every(len(df), _holdout_every(holdout))
     params = fit(df[~held], model=model, gpu=gpu, tensor_parallel=tp, timings_name="kernel timings")
-    rep: dict[str, Any] = {"variants": params["fit"]["variants"], "warnings": params["fit"]["warnings"]}
+    rep: dict[str, Any] = {"variants": params["fit"]["variants"], "warnings": params["fit"]["warnings"],
+                           "ignored_torch_sdpa": int((df["variant"] == "torch_sdpa").sum())}
     rel_fit, rel_held = [], []
     for v, c in params["attn_decode"]["variants"].items():
         rows = df[df["variant"] == v]
