@@ -103,7 +103,8 @@ class Engine:
         self.sched.lazy_ctx = self._decode_time is not None
         self.monitor = Monitor(self.ops, swap, unit_bytes=unit_bytes)
         self.probe = MemoryProbe(self.sched, self.capacity, self.window)
-        self.swap_stats = SwapStats(config.scheduler.swap_prefetch)
+        self.swap_stats = SwapStats(config.scheduler.swap_prefetch, overlap=self.engine_profile.swap_overlap,
+                                    block_copy_s=swap.block_copy_s if swap is not None else 0.0)
         self.groups: list[SeqGroup] = []
         self.steps: list[StepRecord] = []
         self.memory: list[MemorySample] = []

@@ -140,10 +140,16 @@ class SwapStats:
 
     A swap-out precedes the forward pass (the blocks it frees are written by it). A swap-in is on the
     critical path, or with `prefetch` overlaps the forward pass on a copy stream (overlap_swap_in).
+    With `overlap` (vLLM v0.1's worker: every copy on a cache stream, each layer waiting only for its
+    own layer's copies) the PCIe time of swap-outs and swap-ins overlaps the forward pass, while the
+    copy calls' fixed cost (`block_copy_s` per block, issued by the CPU before the pass) stays on the
+    critical path: step = compute + calls + max(0, PCIe - compute).
     """
 
-    def __init__(self, prefetch: bool) -> None:
+    def __init__(self, prefetch: bool, *, overlap: bool = False, block_copy_s: float = 0.0) -> None:
         self.prefetch = prefetch
+        self.overlap = overlap
+        self.block_copy_s = block_copy_s
         self.exposed_s = 0.0  # transfer time that lengthened steps
         self.hidden_s = 0.0  # transfer time hidden behind forward passes
         self.num_prefetches = 0
@@ -151,6 +157,8 @@ class SwapStats:
 
     def step(self, out: SchedulerOutput, compute_s: float) -> float:
         """The step's duration with its swaps; sets out.swap_exposed_s and out.swap_hidden."""
+        if self.overlap and (out.swap_in_s or out.swap_out_s):
+            return self._step_overlapped(out, compute_s)
         exposed_in, hidden = out.swap_in_s, 0
         if self.prefetch and out.swap_in_s:
             exposed_in, hidden = overlap_swap_in(out.swap_in_groups_s, compute_s)
@@ -160,6 +168,24 @@ class SwapStats:
         out.swap_exposed_s = out.swap_out_s + exposed_in
         self.exposed_s += out.swap_exposed_s
         self.hidden_s += out.swap_in_s - exposed_in
+        return compute_s + out.swap_exposed_s
+
+    def _step_overlapped(self, out: SchedulerOutput, compute_s: float) -> float:
+        calls = (out.swap_out_blocks + out.swap_in_blocks) * self.block_copy_s
+        pcie = max(0.0, out.swap_out_s + out.swap_in_s - calls)
+        exposed_pcie = max(0.0, pcie - compute_s)
+        # Swap-in groups whose bytes landed within the pass (the swap-outs are copied first).
+        done, hidden = out.swap_out_s - out.swap_out_blocks * self.block_copy_s, 0
+        for t in out.swap_in_groups_s:
+            done += t
+            hidden += done <= compute_s
+        if self.prefetch:
+            self.num_prefetches += len(out.swap_in_groups_s)
+            self.num_prefetch_hidden += hidden
+        out.swap_hidden = hidden
+        out.swap_exposed_s = calls + exposed_pcie
+        self.exposed_s += out.swap_exposed_s
+        self.hidden_s += pcie - exposed_pcie
         return compute_s + out.swap_exposed_s
 
     def summary(self, space: SwapSpace) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import numpy as np
 from sim.presets import GPUSpec, ModelSpec
 from sim.timing.batch_shape import BatchShape, _window_cumsum, decode_blocks_touched
 from sim.timing.engines import EngineProfile
-from sim.timing.latency_params import DECODE_COEFFS, DEFAULT_EFFICIENCY, validate_params
+from sim.timing.latency_params import DECODE_COEFFS, DEFAULT_EFFICIENCY, file_gemm, validate_params
 from sim.timing.roofline import TERMS, RooflineLatency
 
 __all__ = ["CalibratedLatency"]
@@ -42,7 +42,7 @@ class CalibratedLatency:
         ov = p.get("overhead_s") if engine is None else None  # a schema-1 file's per-step overhead
         self.roofline = RooflineLatency(model, gpu, overhead_s=None if ov is None else float(ov),
                                         efficiency=float(p.get("efficiency", DEFAULT_EFFICIENCY)),
-                                        tensor_parallel=tp, engine=engine)
+                                        tensor_parallel=tp, engine=engine, gemm=file_gemm(p))
         self.model, self.gpu, self.name, self.params = self.roofline.model, self.roofline.gpu, name, p
         self.engine = self.roofline.engine
         self.overhead_s, self.seq_overhead_s = self.roofline.overhead_s, self.roofline.seq_overhead_s
@@ -121,6 +121,8 @@ class CalibratedLatency:
         n = num_seqs
         if self._linear is not None:
             t_lin = float(self._linear["c0_s"]) + float(self._linear["c_tokens_s"]) * n
+        elif r._gemm is not None:
+            t_lin = r._gemm(n, n)
         else:
             t_lin = max(r._weight_s, (r._flops_per_token * n + r._flops_per_logit_row * n) / r._peak)
         kv = r.kv_bytes_per_token(kv_dtype, bs) / m.num_layers * float(ctx_sum)

@@ -33,9 +33,12 @@ class EngineProfile:
     swap_copy_s: fixed cost of one host<->device copy call (cudaMemcpyAsync submission and DMA set-up).
     swap_copies_per_layer: copies per swapped block per layer (vLLM v0 copies K and V of each block of
       each layer separately: 2). 0: the whole block in one copy.
+    swap_overlap: swap copies run on a cache stream that overlaps the forward pass layer by layer
+      (vLLM v0.1's worker); only the copy calls' fixed cost stays on the step's critical path.
     comm_latency_s: fixed latency of one tensor-parallel all-reduce (two per layer when tp > 1).
     gemm_curve: time linear layers with the measured GEMM efficiency curve over token count
-      (sim.timing.gemm) instead of one flat efficiency, where the model has one.
+      (sim.timing.gemm) instead of one flat efficiency, on the GPU the curve was measured on (H100-SXM);
+      elsewhere the flat roofline (a parameters file's own "gemm" block applies on any GPU).
     source: where the numbers come from (shown by `pagesim engines` and in docs/latency.md).
     """
 
@@ -48,6 +51,7 @@ class EngineProfile:
     attn_seq_s: float = 0.0
     swap_copy_s: float = 0.0
     swap_copies_per_layer: int = 2
+    swap_overlap: bool = False
     comm_latency_s: float = 0.0
     gemm_curve: bool = False
     source: str = ""
@@ -70,8 +74,9 @@ class EngineProfile:
         if isinstance(c, bool) or not isinstance(c, int) or c < 0:
             raise SpecError(f"engine profile {self.name!r}: 'swap_copies_per_layer' = {c!r} out of range "
                             f"(valid: an integer >= 0)")
-        if not isinstance(self.gemm_curve, bool):
-            raise SpecError(f"engine profile {self.name!r}: 'gemm_curve' = {self.gemm_curve!r} (valid: true/false)")
+        for f in ("swap_overlap", "gemm_curve"):
+            if not isinstance(getattr(self, f), bool):
+                raise SpecError(f"engine profile {self.name!r}: '{f}' = {getattr(self, f)!r} (valid: true/false)")
 
     def overhead_s(self, num_seqs: int) -> float:
         """CPU time of a step with `num_seqs` running sequences (0 sequences: an idle engine, 0 s)."""
@@ -91,9 +96,14 @@ class EngineProfile:
 # the means of schedule + sampler_e2e + prepare_inputs_e2e + process_model_outputs gives 2.02 ms per
 # step + 0.171 ms per sequence (worst point 14% off, at batch 8); the medians give 1.20 ms + 0.100 ms
 # (process_model_outputs has heavy tails: detokenization, garbage collection). Means, because time adds.
-_VIDUR_CPU = ("CPU: least-squares line through vLLM's measured per-step CPU times on an A100 (Vidur, MLSys'24, "
-              "microsoft/vidur data/profiling/a100/cpu_overheads.csv, Llama-2-7B TP1, batch 8-64, means of "
-              "schedule + sampler + prepare_inputs + process_model_outputs): 2.02 ms + 0.171 ms/seq.")
+# That vLLM (late 2023) batched its sampler; v0.1 (the paper's) sampled and detokenized each sequence in
+# Python, so its per-sequence cost is higher and unmeasured: it is the one number fitted (Fig. 13b).
+_CPU = ("CPU: 2.02 ms per step, the intercept of a least-squares line through vLLM's measured per-step CPU "
+        "times on an A100 (Vidur, MLSys'24, microsoft/vidur data/profiling/a100/cpu_overheads.csv, "
+        "Llama-2-7B TP1, batch 8-64, means of schedule + sampler + prepare_inputs + process_model_outputs; "
+        "its slope is 0.171 ms/seq). Per sequence 0.333 ms: FITTED to the vLLM paper's Fig. 13b (Alpaca at "
+        "30 req/s, paged mean batch 132.44; 4 seeds x 3000 requests) and validated on Fig. 13a (ShareGPT at "
+        "2 req/s: 28.5 vs 30.42); v0.1 sampled and detokenized each sequence in Python.")
 # A100 warp-iteration arithmetic for vLLM v0's paged_attention_v1 kernel (one warp per KV block per
 # iteration; a block-table load then the keys: two dependent DRAM round trips, ~1 us at ~500 ns each
 # [Jia et al., "Dissecting the Ampere GPU architecture via microbenchmarking", GTC'21]; up to 64 resident
@@ -102,9 +112,11 @@ _VIDUR_CPU = ("CPU: least-squares line through vLLM's measured per-step CPU time
 _KERNEL = ("Kernel: paged decode reaches 0.8/1.23 = 0.65 of HBM peak (the vLLM paper, Fig. 18a: its kernel "
            "is 20-26% slower than FasterTransformer's contiguous one); per-block 1.45e-10 s and per-sequence "
            "1.4e-9 s per (layer, head) from A100 latency/occupancy arithmetic for vLLM v0's kernel "
-           "(docs/latency.md).")
+           "(docs/latency.md). Linear layers: the measured GEMM curve on H100, the flat roofline elsewhere.")
 _SWAP = ("Swap: vLLM v0's swap_blocks issues one cudaMemcpyAsync per block per layer for K and for V; 5 us "
          "per call (5-7 us measured per small cudaMemcpyAsync, Wu et al., DualPath, arXiv 2602.21548, Sec. 5.2).")
+_SWAP_OVERLAP = ("v0.1's worker issues the copies on a cache stream and each layer waits only for its own "
+                 "layer's copies (cache_events), so the PCIe time overlaps the forward pass.")
 _COMM = "Comm: 6 us per all-reduce (Vidur's measured NCCL all-reduce on A100 NVLink pairs, small messages)."
 
 ENGINE_PROFILES: dict[str, EngineProfile] = {p.name: p for p in (
@@ -119,9 +131,10 @@ ENGINE_PROFILES: dict[str, EngineProfile] = {p.name: p for p in (
         name="vllm-2023",
         description="the vLLM paper's system (Kwon et al., SOSP'23; vLLM v0.1-v0.2, eager PyTorch, Python "
                     "scheduler and sampler on the critical path)",
-        step_overhead_s=2.02e-3, seq_overhead_s=1.71e-4, attn_efficiency=0.65, attn_block_s=1.45e-10,
-        attn_seq_s=1.4e-9, swap_copy_s=5e-6, swap_copies_per_layer=2, comm_latency_s=6e-6,
-        source=" ".join((_VIDUR_CPU, _KERNEL, _SWAP, _COMM))),
+        step_overhead_s=2.02e-3, seq_overhead_s=3.33e-4, attn_efficiency=0.65, attn_block_s=1.45e-10,
+        attn_seq_s=1.4e-9, swap_copy_s=5e-6, swap_copies_per_layer=2, swap_overlap=True, comm_latency_s=6e-6,
+        gemm_curve=True,
+        source=" ".join((_CPU, _KERNEL, _SWAP, _SWAP_OVERLAP, _COMM))),
     EngineProfile(
         name="vllm-current",
         description="a current vLLM (V1 engine: CUDA graphs, persistent batch, scheduling and "
@@ -132,7 +145,8 @@ ENGINE_PROFILES: dict[str, EngineProfile] = {p.name: p for p in (
                "with the forward pass (vLLM blog, 'vLLM V1', Jan 2025), leaving ~0.5 ms per step (sampler, "
                "graph launch) and ~5 us per sequence (persistent-batch updates); FlashAttention's paged "
                "decode runs near the contiguous kernel, so a small per-block cost. Fit these to a serving "
-               "benchmark with `pagesim calibrate` for real numbers. " + _SWAP + " " + _COMM),
+               "benchmark with `pagesim calibrate` for real numbers. " + _SWAP + " Copies do not overlap the pass "
+               "(later V0 workers wait for every cache event first; V1 recomputes). " + _COMM),
 )}
 DEFAULT_ENGINE = "basic"
 

@@ -17,6 +17,7 @@ from sim.timing.latency_params import (
     DECODE_VARIANTS,
     DEFAULT_EFFICIENCY,
     PARAMS_SCHEMA,
+    file_gemm,
     read_params_file,
     validate_params,
 )
@@ -87,5 +88,6 @@ def load_latency_model(spec: str | Path | dict[str, Any] | None, model: ModelSpe
         ov = params.get("overhead_s") if engine is None else None
         return RooflineLatency(m, g, overhead_s=None if ov is None else float(ov),
                                efficiency=float(params.get("efficiency", DEFAULT_EFFICIENCY)),
-                               flops_efficiency=params.get("flops_efficiency"), tensor_parallel=tp, engine=engine)
+                               flops_efficiency=params.get("flops_efficiency"), tensor_parallel=tp, engine=engine,
+                               gemm=file_gemm(params))
     return CalibratedLatency(params, m, g, name=label, tensor_parallel=tp, engine=engine)

@@ -15,6 +15,7 @@ import numpy as np
 
 from sim.presets import GPUS, MODELS, GPUSpec, ModelSpec, SpecError, get_gpu, get_model, kv_capacity_tokens
 from sim.timing.engines import engine_from_dict, get_engine
+from sim.timing.gemm import GemmParams, gemm_params_from_dict
 
 # Schema 2 adds the optional "engine" block (the serving system's overheads); schema-1 files are still
 # read, their "overhead_s" standing for the default profile's per-step overhead.
@@ -64,6 +65,8 @@ def validate_params(params: Any) -> dict[str, Any]:
     for key in ("efficiency", "flops_efficiency"):
         if params.get(key) is not None and not 0 < _number(params[key], key) <= 1:
             raise SpecError(f"latency params: '{key}' = {params[key]!r} out of range (valid: (0, 1])")
+    if params.get("gemm") is not None:
+        gemm_params_from_dict(params["gemm"])
     tp = params.get("tensor_parallel", 1)
     if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:
         raise SpecError(f"latency params: 'tensor_parallel' = {tp!r} out of range (valid: an integer >= 1)")
@@ -85,6 +88,13 @@ def validate_params(params: Any) -> dict[str, Any]:
             for k in keys:
                 _number(_need(params[block], k, f"{block}."), f"{block}.{k}")
     return params
+
+
+def file_gemm(params: dict[str, Any]) -> GemmParams | None:
+    """The GEMM curve a (validated) parameters file carries under "gemm" (gpu/calibration/gemm.py fits
+    one), or None: the linear layers then follow the engine profile (flat roofline or the H100 fit)."""
+    g = params.get("gemm")
+    return None if g is None else gemm_params_from_dict(g)
 
 
 def read_params_file(path: str | Path) -> dict[str, Any]:
