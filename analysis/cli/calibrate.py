@@ -40,7 +40,10 @@ def _pct(v: float | None) -> str:
 
 
 def _error_table(params: dict[str, Any]) -> Table:
-    t = Table(title=f"Fit error (median / worst relative error; held out: {params['fit']['holdout']})")
+    held = f"held out: {params['fit']['holdout']}"
+    if "engine" in params["fit"]:
+        held += "; engine: odd-position requests and --held-out-bench files"
+    t = Table(title=f"Fit error (median / worst relative error; {held})")
     for col in ("term", "fit points", "fit median", "fit worst", "held-out points", "held-out median",
                 "held-out worst"):
         t.add_column(col, justify="left" if col == "term" else "right")
@@ -58,7 +61,7 @@ def _gemm_tables(params: dict[str, Any], console: Console) -> None:
     rep, g = params["fit"]["gemm"], params["gemm"]
     t = Table(title="GEMM curve error per model and tensor-parallel degree")
     for col in ("model", "tp", "fit median", "fit worst", "held-out median", "held-out worst"):
-        t.add_column(col, justify="left" if col == "model" else "right")
+        t.add_column(col, justify="left" if col == "model" else "right", no_wrap=col == "model")
     for r in rep["groups"]:
         t.add_row(r["model"], str(r["tensor_parallel"]), _pct(r["fit"]["median_rel_err"]),
                   _pct(r["fit"]["max_rel_err"]), _pct(r["held_out"]["median_rel_err"]),
@@ -147,7 +150,10 @@ def _fit_engine(params: dict[str, Any], benches: list[Any], held: list[Any], lat
         setup = replace(setup, latency={k: v for k, v in params.items() if k != "engine"})
     with console.status("fitting engine overheads by simulation") as status:
         fit = fit_overheads(benches, setup, engine, held_out=held, progress=lambda s: status.update(s))
-    params["engine"] = fit.engine.to_dict()
+    from sim.timing.engines import get_engine
+
+    # engine_from_dict reads {"base": NAME, field: value...}: the base profile, then every fitted field.
+    params["engine"] = {"base": get_engine(engine).name, **fit.engine.to_dict()}
     params["fit"]["engine"] = {k: fit.report[k] for k in ("method", "targets", "seeds", "evaluations", "loss",
                                                             "fit", "held_out", "rows")}
     params["fit"]["engine"]["replay_latency"] = ("this file's " + ", ".join(gpu_blocks)) if gpu_blocks else \

@@ -197,6 +197,7 @@ def calibrate_params(inputs: Inputs, *, model: ModelSpec | None, gpu: GPUSpec | 
         params["attn_prefill"], params["fit"]["attn_prefill"] = fit_prefill(
             pd.concat(inputs.prefill, ignore_index=True), holdout)
         labels.append("prefill attention")
-    params["label"] = (", ".join(labels) or "no GPU-side fit") + " fitted; other terms roofline"
+    params["label"] = (", ".join(labels) + " fitted; other terms roofline") if labels else \
+        "GPU terms roofline (no GPU timings fitted)"
     return params
 
