@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from paths import DATA, SHARED
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from analysis.cli import app
 from gpu.calibration.gemm import synthetic_gemm_timings
@@ -20,14 +20,14 @@ from gpu.calibration.overheads import ReplaySetup, synthetic_benchmark
 from sim.presets import get_gpu, get_model
 from sim.timing.engines import get_engine
 from sim.timing.gemm import GemmLinear, GemmParams, gemm_params_from_dict, linear_shapes
-from sim.timing.latency import BatchShape, load_latency_model
+from sim.timing.latency import BatchShape, CalibratedLatency, load_latency_model
 
 VIDUR = SHARED / "calibration" / "vidur_profiles"
 H100 = get_gpu("h100-sxm")
 FIXTURE = DATA / "vllm_serving_llama2_7b_h100.json"
 
 
-def _run(*args: str) -> object:
+def _run(*args: str) -> Result:
     return CliRunner().invoke(app, ["calibrate", *args])
 
 
@@ -46,6 +46,7 @@ def test_gemm_timings_to_a_params_file_that_drives_the_linear_term(tmp_path: Pat
     g = gemm_params_from_dict(params["gemm"])
     assert g.half_tokens == pytest.approx(150.0, rel=0.1) and g.flops_efficiency == pytest.approx(0.7, rel=0.05)
     lm = load_latency_model(out, "llama-2-7b", "h100-sxm")
+    assert isinstance(lm, CalibratedLatency)
     batch = BatchShape.build(prefill=[300], decode=[100] * 20, block_size=16)
     assert lm.breakdown(batch)["linear"] == pytest.approx(GemmLinear(m, H100, 1, g)(320, 21), rel=1e-12)
     # the decode term stays the roofline's: the same as a roofline run with the same engine and curve
@@ -108,7 +109,9 @@ def test_serving_benchmarks_fit_and_held_out_file(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     assert "held-out file" in res.output and "engine overheads (vllm-current+fit)" in res.output
     params = json.loads(out.read_text())
-    eng = load_latency_model(out, "llama-2-7b", "h100-sxm").engine
+    lm = load_latency_model(out, "llama-2-7b", "h100-sxm")
+    assert isinstance(lm, CalibratedLatency)
+    eng = lm.engine
     assert eng.name == "vllm-current+fit" and eng.step_overhead_s == params["engine"]["step_overhead_s"]
     assert eng.attn_block_s == get_engine("vllm-current").attn_block_s  # the base profile's other terms
     held = [r for r in params["fit"]["engine"]["rows"] if r["split"] == "held-out file"]
