@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "analysis.cli.replay",
     "analysis.cli.bench",
     "analysis.cli.calibrate",
+    "analysis.cli.validate",
 )
 
 @app.callback(invoke_without_command=True)

@@ -75,7 +75,7 @@ def read_vidur_mlp(path: str | Path, model_name: str | None = None) -> pd.DataFr
     _need(df, [*MLP_ARCH, *(f"time_stats.{op}.median" for op in LINEAR_OPS)], src)
     for col in ("n_head", "n_kv_head", "n_embd", "n_expanded_embd", "num_tokens", "num_tensor_parallel_workers"):
         _positive(df, col, src)
-    name = model_name or Path(path).stem
+    name = model_name or profile_name(path)
     tp, h, nh, nkv, f, tokens = (df[c].to_numpy(dtype=np.int64) for c in (
         "num_tensor_parallel_workers", "n_embd", "n_head", "n_kv_head", "n_expanded_embd", "num_tokens"))
     hd = h // nh
@@ -91,6 +91,17 @@ def read_vidur_mlp(path: str | Path, model_name: str | None = None) -> pd.DataFr
     if not len(df):
         raise CalibrationError(f"{src}: no rows")
     return pd.concat(frames, ignore_index=True)
+
+
+def profile_name(path: str | Path) -> str:
+    """A label for a profile's rows: Vidur's layout <org>/<model>/mlp.csv gives <model>; a renamed copy
+    such as h100_Llama-2-7b-hf_mlp.csv gives Llama-2-7b-hf."""
+    p = Path(path)
+    if p.stem in ("mlp", "attention"):
+        return p.parent.name or p.stem
+    stem = p.stem.removesuffix("_mlp").removesuffix("_attention")
+    head, _, rest = stem.partition("_")
+    return rest if rest and head.lower() in ("a100", "h100", "h200", "a40", "l40s") else stem
 
 
 def check_architecture(df: pd.DataFrame, model: ModelSpec, src: str) -> None:

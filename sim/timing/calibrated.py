@@ -46,7 +46,8 @@ class CalibratedLatency:
         self.model, self.gpu, self.name, self.params = self.roofline.model, self.roofline.gpu, name, p
         self.engine = self.roofline.engine
         self.overhead_s, self.seq_overhead_s = self.roofline.overhead_s, self.roofline.seq_overhead_s
-        variants = p["attn_decode"]["variants"]
+        # No attn_decode block (a GEMM-only or serving-only calibration): the roofline's decode term.
+        variants = (p.get("attn_decode") or {}).get("variants", {})
         self.decode_coeffs = {v: tuple(float(variants[v][k]) for k in DECODE_COEFFS) for v in variants}
         self._paged = [self.decode_coeffs[v] for v in ("paged", "partitioned") if v in variants]
         self._contig = [self.decode_coeffs["contiguous"]] if "contiguous" in variants else self._paged
@@ -74,6 +75,8 @@ class CalibratedLatency:
         """num_layers * the fastest applicable fitted variant's per-layer time (0 without decodes)."""
         if not batch.decode_context_lens.size:
             return 0.0
+        if not self._paged:
+            return self.roofline.terms(batch)[2]
         _, kv, n, blocks = self.decode_features(batch)
         cands = self._paged if batch.block_size else self._contig
         return self.model.num_layers * min(c0 + ckv * kv + cs * n + cb * blocks for c0, ckv, cs, cb in cands)
@@ -119,6 +122,8 @@ class CalibratedLatency:
             return 0.0
         r, m, bs = self.roofline, self.model, block_size or 0
         n = num_seqs
+        if not self._paged and self._linear is None:  # nothing fitted in a decode-only step but overheads
+            return r.decode_step_time(num_seqs, ctx_sum, blocks_sum, block_size, kv_dtype)
         if self._linear is not None:
             t_lin = float(self._linear["c0_s"]) + float(self._linear["c_tokens_s"]) * n
         elif r._gemm is not None:
@@ -127,6 +132,10 @@ class CalibratedLatency:
             t_lin = max(r._weight_s, (r._flops_per_token * n + r._flops_per_logit_row * n) / r._peak)
         kv = r.kv_bytes_per_token(kv_dtype, bs) / m.num_layers * float(ctx_sum)
         blocks = float(blocks_sum) if bs else 0.0
+        if not self._paged:  # the roofline's step with its linear term swapped for the fitted one
+            r_lin = r._gemm(n, n) if r._gemm is not None else \
+                max(r._weight_s, (r._flops_per_token * n + r._flops_per_logit_row * n) / r._peak)
+            return r.decode_step_time(num_seqs, ctx_sum, blocks_sum, block_size, kv_dtype) - r_lin + t_lin
         cands = self._paged if bs else self._contig
         t_dec = m.num_layers * min(c0 + ckv * kv + cs * float(n) + cb * blocks for c0, ckv, cs, cb in cands)
         return (t_lin + t_dec + (r._comm_s_per_token * n + r._comm_fixed_s)

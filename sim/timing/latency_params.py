@@ -27,6 +27,8 @@ DEFAULT_EFFICIENCY = 0.8  # achievable fraction of the data-sheet peaks (HBM and
 DECODE_COEFFS: tuple[str, ...] = ("c0_s", "c_kv_bytes_s", "c_seqs_s", "c_blocks_s")
 DECODE_VARIANTS: tuple[str, ...] = ("paged", "partitioned", "contiguous")
 TP_CHOICES: tuple[int, ...] = (1, 2, 4, 8)
+#: Fitted blocks other than attn_decode; a calibrated file needs attn_decode or one of these.
+FITTED_BLOCKS: tuple[str, ...] = ("gemm", "linear", "attn_prefill", "engine")
 
 
 def _need(d: Any, key: str, where: str) -> Any:
@@ -72,6 +74,17 @@ def validate_params(params: Any) -> dict[str, Any]:
         raise SpecError(f"latency params: 'tensor_parallel' = {tp!r} out of range (valid: an integer >= 1)")
     if source == "roofline":
         return params
+    for block, keys in (("linear", ("c0_s", "c_tokens_s")), ("attn_prefill", ("c0_s", "c_flops_s"))):
+        if params.get(block) is not None:
+            for k in keys:
+                _number(_need(params[block], k, f"{block}."), f"{block}.{k}")
+    if params.get("attn_decode") is None:
+        # A calibration that fitted no decode kernel (GEMM timings, a serving benchmark) keeps the
+        # roofline's decode term; it must still have fitted something.
+        if not any(params.get(k) is not None for k in FITTED_BLOCKS):
+            raise SpecError(f"latency params: a calibrated file needs at least one fitted block "
+                            f"(valid: {', '.join(('attn_decode', *FITTED_BLOCKS))})")
+        return params
     variants = _need(_need(params, "attn_decode", ""), "variants", "attn_decode.")
     if not isinstance(variants, dict) or not variants:
         raise SpecError("latency params: 'attn_decode.variants' must be a non-empty object")
@@ -83,10 +96,6 @@ def validate_params(params: Any) -> dict[str, Any]:
             _number(_need(coeffs, k, f"attn_decode.variants.{v}."), f"attn_decode.variants.{v}.{k}")
     if not {"paged", "partitioned"} & variants.keys():
         raise SpecError("latency params: 'attn_decode.variants' needs 'paged' or 'partitioned'")
-    for block, keys in (("linear", ("c0_s", "c_tokens_s")), ("attn_prefill", ("c0_s", "c_flops_s"))):
-        if params.get(block) is not None:
-            for k in keys:
-                _number(_need(params[block], k, f"{block}."), f"{block}.{k}")
     return params
 
 
