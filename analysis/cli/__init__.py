@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "analysis.cli.bench",
     "analysis.cli.calibrate",
     "analysis.cli.validate",
+    "analysis.cli.engines",
 )
 
 @app.callback(invoke_without_command=True)

@@ -39,3 +39,20 @@ def test_unknown_engine_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert r.exit_code == 2
     err = r.stderr.strip().splitlines()
     assert len(err) == 1 and "engine" in err[0] and "vllm-2023" in err[0] and "Traceback" not in r.output
+
+
+def test_engines_lists_the_profiles_and_shows_one_with_its_sources() -> None:
+    r = RUNNER.invoke(app, ["engines"])
+    assert r.exit_code == 0 and all(n in r.stdout for n in ("basic", "ideal", "vllm-2023", "vllm-current"))
+    r = RUNNER.invoke(app, ["engines", "vllm-2023"])
+    assert r.exit_code == 0 and "seq_overhead_s: 0.000333" in r.stdout and "Vidur" in r.stdout
+    r = RUNNER.invoke(app, ["engines", "nope"])
+    assert r.exit_code == 2 and "unknown engine profile 'nope'" in r.stderr
+
+
+def test_a_config_file_names_the_engine(tmp_path: Path) -> None:
+    cfg = tmp_path / "exp.toml"
+    cfg.write_text('engine = "ideal"\nsystems = ["paged"]\n[workload]\nnum_requests = 20\nrate = 4.0\n')
+    r = RUNNER.invoke(app, ["run", "--config", str(cfg), "--no-plots", "--out", str(tmp_path / "o")])
+    assert r.exit_code == 0, r.output
+    assert list(pd.read_csv(tmp_path / "o" / "summary.csv")["engine"]) == ["ideal"]
