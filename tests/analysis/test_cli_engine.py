@@ -20,10 +20,12 @@ def test_run_and_compare_record_the_engine_profile(tmp_path: Path) -> None:
     s = pd.read_csv(tmp_path / "a" / "summary.csv")
     assert list(s["engine"]) == ["vllm-2023"] and list(s["latency_model"]) == ["roofline"]
     assert '"engine": "vllm-2023"' in (tmp_path / "a" / "config.json").read_text()
-    r = RUNNER.invoke(app, ["compare", *SMALL, "--systems", "paged,max", "--engine", "ideal", "--no-report",
+    r = RUNNER.invoke(app, ["compare", *SMALL, "--systems", "paged,max", "--engine", "ideal",
                             "--out", str(tmp_path / "b")])
     assert r.exit_code == 0, r.output
     assert set(pd.read_csv(tmp_path / "b" / "summary.csv")["engine"]) == {"ideal"}
+    md = (tmp_path / "b" / "report.md").read_text()
+    assert "Engine profile: ideal" in md and "Latency model: roofline" in md
 
 
 def test_sweep_takes_the_engine(tmp_path: Path) -> None:
