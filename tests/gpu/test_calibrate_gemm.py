@@ -130,3 +130,11 @@ def test_real_h100_profiles_within_ten_percent() -> None:
         cross = fit_gemm(df, H100, holdout=held)
         assert cross.report["held_out"]["median_rel_err"] < 0.10
         assert all(g["held_out"]["median_rel_err"] < 0.10 for g in cross.report["groups"] if g["held_out"]["n"])
+
+
+def test_profile_labels() -> None:
+    from gpu.calibration.vidur import profile_name
+
+    assert profile_name("data/profiling/compute/h100/meta-llama/Llama-2-7b-hf/mlp.csv") == "Llama-2-7b-hf"
+    assert profile_name("h100_Llama-2-70b-hf_mlp.csv") == "Llama-2-70b-hf"
+    assert profile_name("my_profile.csv") == "my_profile"
