@@ -108,7 +108,8 @@ class Experiment:
 
     kv_capacity_tokens (token slots) or kv_budget_gb (GiB of KV pool) fix the pool size; neither:
     sized from the GPU memory and gpu_memory_utilization. latency: None = roofline, else a
-    calibrated parameters JSON path. sliding_window: None = the model's attention window, 0 = none,
+    calibrated parameters JSON path. engine: an engine profile name (sim.timing.engines; None: the
+    latency file's, else "basic"). sliding_window: None = the model's attention window, 0 = none,
     W = attend to the last W tokens. scheduler: SchedulerConfig fields (swap pool, prefetch, PCIe rate
     among them). seed: workload and engine randomness (two independent streams derived from it).
     """
@@ -128,6 +129,7 @@ class Experiment:
     max_model_len: int | None = None
     sliding_window: int | None = None
     latency: str | None = None
+    engine: str | None = None
     memory_sample_interval_s: float | None = None
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     seed: int = 0
@@ -174,7 +176,7 @@ class Experiment:
         return SimConfig(model=self.model, gpu=self.gpu, cache=self.cache_spec(system), scheduler=self.scheduler,
                          kv_capacity_tokens=cap, gpu_memory_utilization=self.gpu_memory_utilization,
                          kv_dtype=self.kv_dtype, max_model_len=self.max_model_len,
-                         sliding_window=self.sliding_window, latency=self.latency,
+                         sliding_window=self.sliding_window, latency=self.latency, engine=self.engine,
                          memory_sample_interval_s=self.memory_sample_interval_s)
 
     def title(self) -> str:

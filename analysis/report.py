@@ -27,7 +27,7 @@ from analysis.results_io import PLOTS_DIR, SUMMARY_CSV, ResultsBundle, atomic_wr
 PERF_COLUMNS: tuple[str, ...] = (
     "system", "block_size", "num_requests", "throughput_rps", "throughput_tps", "mean_batch_size",
     "mean_ttft_s", "mean_tpot_s", "mean_normalized_latency_s_per_token", "num_preemptions",
-    "sharing_savings_pct", "latency_model",
+    "sharing_savings_pct", "latency_model", "engine",
 )
 MONITOR_COLUMNS: tuple[str, ...] = (
     "system", "kv_dtype", "sliding_window", "pool_blocks", "mean_free_blocks", "min_free_blocks",
@@ -228,6 +228,9 @@ def _overview_text(bundle: ResultsBundle) -> str:
     lines = [f"Results directory: {bundle.path}", f"Rows in summary.csv: {len(s)}"]
     if lat:
         lines.append(f"Latency model: {lat}")
+    eng = ", ".join(sorted({str(v) for v in s["engine"].dropna() if str(v)})) if "engine" in s else ""
+    if eng:
+        lines.append(f"Engine profile: {eng} (overheads: docs/latency.md)")
     for col, what in (("kv_dtype", "KV storage dtype"), ("sliding_window", "Attention window (tokens, 0: none)"),
                       ("semantics", "Block-manager semantics"), ("scheduler_policy", "Scheduler policy")):
         if col in s.columns:

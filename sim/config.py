@@ -12,6 +12,7 @@ from typing import Any
 
 from sim.checks import is_int, is_num, out_of_range
 from sim.request import SpecError
+from sim.timing.engines import ENGINE_PROFILES, EngineProfile
 
 PREEMPTION_MODES: tuple[str, ...] = ("recompute", "swap")
 SCHEDULER_POLICIES: tuple[str, ...] = ("mixed", "vllm-v0", "vllm-v1")
@@ -169,6 +170,9 @@ class SimConfig:
       (sim.presets.kv_capacity_tokens with gpu_memory_utilization and kv_dtype).
     max_model_len: None: the model's. latency: None = roofline, else a parameters JSON path or dict,
       or any object with `name` and `step_time(BatchShape) -> float` (a sim.timing.latency.LatencyModel).
+    engine: the serving system's overheads, an engine profile name (sim.timing.engines.ENGINE_PROFILES:
+      basic, ideal, vllm-2023, vllm-current) or an EngineProfile; None: the one a latency parameters file
+      names, else the default ("basic"). Recorded as "engine" in every summary.
     sliding_window: None: the model's attention window (e.g. 4096 for Mistral-7B); 0: no window; W >= 1:
       attend to the last W tokens (overrides the model's, for the latency model and the cache alike).
       The paged cache releases blocks that fall out of the window; contiguous caches keep them.
@@ -187,6 +191,7 @@ class SimConfig:
     max_model_len: int | None = None
     sliding_window: int | None = None
     latency: Any = None
+    engine: Any = None
     memory_sample_interval_s: float | None = None
     record_steps: bool = True
 
@@ -213,13 +218,16 @@ class SimConfig:
             raise _bad("memory_sample_interval_s", "None or seconds > 0", self.memory_sample_interval_s)
         if not isinstance(self.record_steps, bool):
             raise _bad("record_steps", "true or false", self.record_steps)
+        if (self.engine is not None and not isinstance(self.engine, EngineProfile)
+                and str(self.engine).lower() not in ENGINE_PROFILES):
+            raise _bad("engine", f"None or an engine profile ({', '.join(ENGINE_PROFILES)})", self.engine)
         if not isinstance(self.kv_dtype, str):
             raise _bad("kv_dtype", "a KV dtype name such as fp16, bf16, fp8_e4m3, int8", self.kv_dtype)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly dict of the configuration (presets by name, nested specs as dicts)."""
         out: dict[str, Any] = {}
-        for name in ("model", "gpu", "latency"):
+        for name in ("model", "gpu", "latency", "engine"):
             v = getattr(self, name)
             out[name] = v if v is None or isinstance(v, (str, dict)) else str(getattr(v, "name", v))
         out["cache"] = {"kind": "paged" if isinstance(self.cache, PagedCacheSpec) else "contiguous",

@@ -32,6 +32,7 @@ from sim.sched.lifecycle import abort_group, admit_request, complete_step
 from sim.sched.scheduler import Scheduler, SchedulerOutput
 from sim.sched.sequence import REJECTED, SeqGroup, SeqTable
 from sim.sched.swap import SwapSpace, SwapStats
+from sim.timing.engines import get_engine
 from sim.timing.latency import BatchShape, LatencyModel, load_latency_model
 
 _EMPTY = np.zeros(0, dtype=np.int64)
@@ -69,14 +70,18 @@ class Engine:
         self.rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
         lat = config.latency
         self.latency: LatencyModel = (lat if hasattr(lat, "step_time")
-                                      else load_latency_model(lat, res.model, res.gpu))
+                                      else load_latency_model(lat, res.model, res.gpu, engine=config.engine))
+        # A model object brings its own engine; else the config's (the latency model's profile wins).
+        self.engine_profile = getattr(self.latency, "engine", None) or get_engine(config.engine)
         cache: PagedKVCache | ContiguousKVCache
         swap = None
         if isinstance(config.cache, PagedCacheSpec):
             cs = config.cache
             cache = make_paged_cache(cs.semantics, res.num_blocks, cs.block_size, watermark=cs.watermark,
                                      enable_prefix_caching=cs.prefix_caching, op_sink=op_sink)
-            swap = SwapSpace(res.cpu_swap_blocks, cs.block_size * res.kv_bytes_per_token, res.pcie_bandwidth_Bps)
+            eng = self.engine_profile
+            swap = SwapSpace(res.cpu_swap_blocks, cs.block_size * res.kv_bytes_per_token, res.pcie_bandwidth_Bps,
+                             block_copy_s=eng.swap_copy_s * eng.copies_per_block(res.model.num_layers))
             self.capacity = res.num_blocks * cs.block_size
             unit_bytes = cs.block_size * res.kv_bytes_per_token
         else:
@@ -99,7 +104,8 @@ class Engine:
         self.sched.lazy_ctx = self._decode_time is not None
         self.monitor = Monitor(self.ops, swap, unit_bytes=unit_bytes)
         self.probe = MemoryProbe(self.sched, self.capacity, self.window)
-        self.swap_stats = SwapStats(config.scheduler.swap_prefetch)
+        self.swap_stats = SwapStats(config.scheduler.swap_prefetch, overlap=self.engine_profile.swap_overlap,
+                                    block_copy_s=swap.block_copy_s if swap is not None else 0.0)
         self.groups: list[SeqGroup] = []
         self.steps: list[StepRecord] = []
         self.memory: list[MemorySample] = []
@@ -325,7 +331,7 @@ class Engine:
         cfg.update(capacity_tokens=self.capacity, num_blocks=self.res.num_blocks,
                    max_model_len=self.res.max_model_len, token_budget=self.res.token_budget,
                    kv_bytes_per_token=self.res.kv_bytes_per_token, model=self.res.model.name,
-                   gpu=self.res.gpu.name, latency_model=self.latency.name)
+                   gpu=self.res.gpu.name, latency_model=self.latency.name, engine=self.engine_profile.name)
         result = SimResult(system=system_label(self.config.cache), config=cfg, requests=records,
                            steps=self.steps, memory=self.memory, monitor=self.monitor.finish())
         totals = StepTotals.from_steps(result) if self._record else self.totals

@@ -42,7 +42,7 @@ def fake_result(system: str = "paged(B=16)", n_req: int = 20, n_mem: int = 30, s
                                 logical_token_states=parts[0] * 1.1, capacity=cap))
     summary: dict[str, Any] = {k: float(rng.uniform(1, 10)) for k in SUMMARY_KEYS}
     summary.update(system=system, block_size=block_size, num_requests=n_req, num_preemptions=0,
-                   latency_model="roofline")
+                   latency_model="roofline", engine="basic")
     shares = rng.dirichlet(np.ones(6)) * 100
     for key, v in zip(("token_states_pct", "reserved_pct", "internal_frag_pct", "external_frag_pct",
                      "speculative_pct", "free_pct"), shares, strict=True):

@@ -23,6 +23,8 @@ COMMAND_MODULES = (
     "analysis.cli.replay",
     "analysis.cli.bench",
     "analysis.cli.calibrate",
+    "analysis.cli.validate",
+    "analysis.cli.engines",
 )
 
 @app.callback(invoke_without_command=True)

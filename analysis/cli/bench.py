@@ -134,8 +134,15 @@ def bench(
     dtypes: Annotated[str | None, typer.Option("--dtypes", help="fp16, bf16, fp32")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed of the mixed lengths and the data.")] = None,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Draw figures into <out>/plots.")] = True,
+    gemm: Annotated[str | None, typer.Option("--gemm", help="Also time this model's linear-layer GEMMs with torch "
+                                             "(e.g. llama-2-7b) into <out>/gemm_timings.csv.")] = None,
+    gemm_tp: Annotated[int, typer.Option("--gemm-tensor-parallel", help="Per-GPU shapes at this TP degree.")] = 1,
+    gemm_tokens: Annotated[str | None, typer.Option("--gemm-tokens", help="Token counts, e.g. 1,16,128,1024 "
+                                                    "(default 1..4096, 22 points).")] = None,
+    gemm_only: Annotated[bool, typer.Option("--gemm-only", help="Time only the GEMMs (no kernel grid).")] = False,
 ) -> None:
-    """Time the paged / partitioned / contiguous decode kernels (and torch SDPA) over a grid."""
+    """Time the paged / partitioned / contiguous decode kernels (and torch SDPA) over a grid; with --gemm,
+    also the model's linear-layer GEMMs (the input of the GEMM curve fit, `pagesim calibrate`)."""
     from gpu.bench.timing import FLUSH_POLICIES
 
     if backend not in DEFAULT_REPS:
@@ -159,9 +166,49 @@ def bench(
     grid = build_grid(name, variants=variants, batch_sizes=batch_sizes, context_lens=context_lens,
                       context_modes=context_modes, block_sizes=block_sizes, heads=heads, head_dims=head_dims,
                       dtypes=dtypes, seed=seed)
-    if backend == "cupy" and (reason := gpu_absent_reason()):
-        raise _fail(NO_GPU.format(reason=reason))
-    _run(grid, backend, out, resume, overwrite, peak_bw, n_reps, n_warm, flush, check, plots)
+    plan = _gemm_plan(gemm, gemm_tp, gemm_tokens, gemm_only)
+    if not gemm_only:
+        if backend == "cupy" and (reason := gpu_absent_reason()):
+            raise _fail(NO_GPU.format(reason=reason))
+        _run(grid, backend, out, resume, overwrite, peak_bw, n_reps, n_warm, flush, check, plots)
+    if plan is not None:
+        _run_gemm(*plan, out, reps if reps is not None else 50, warmup if warmup is not None else 5)
+
+
+def _gemm_plan(gemm: str | None, tp: int, tokens: str | None, only: bool) -> tuple[Any, int, tuple[int, ...]] | None:
+    """(model, tp, token counts) of the GEMM timing, checked (exit 2 naming the option); None without --gemm."""
+    from gpu.bench.gemm import DEFAULT_TOKENS
+    from sim.presets import SpecError, check_tensor_parallel, get_model
+
+    if gemm is None:
+        if only:
+            raise _fail("--gemm-only needs --gemm MODEL")
+        return None
+    try:
+        model = get_model(gemm)
+        check_tensor_parallel(model, tp)
+    except SpecError as e:
+        raise _fail(f"--gemm: {e}") from None
+    return model, tp, _ints("--gemm-tokens", tokens) if tokens else DEFAULT_TOKENS
+
+
+def _run_gemm(model: Any, tp: int, tokens: tuple[int, ...], out: Path, reps: int, warmup: int) -> None:
+    try:
+        import torch
+
+        ok = torch.cuda.is_available()
+    except ImportError:
+        ok = False
+    if not ok:
+        raise _fail("--gemm needs torch with a CUDA GPU (pip install torch; none usable here)")
+    from gpu.bench.gemm import bench_gemm
+
+    df = bench_gemm(model, tp, tokens, reps=reps, warmup=warmup)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "gemm_timings.csv"
+    df.to_csv(path, index=False)
+    Console().print(f"timed {len(df)} GEMMs of {model.name} (tp {tp}) on {df['device'].iloc[0]}; wrote {path} "
+                    f"(fit: pagesim calibrate {path} --gpu GPU -o params.json)")
 
 
 def _run(grid: Any, backend: str, out: Path, resume: bool, overwrite: bool, peak_bw: float | None, reps: int,

@@ -48,6 +48,7 @@ KvGb = Annotated[float | None, typer.Option("--kv-gb", help="KV pool size in GiB
 MemUtil = Annotated[float | None, typer.Option("--gpu-memory-utilization", help="Fraction of GPU memory used (default 0.9).")]
 MaxLen = Annotated[int | None, typer.Option("--max-model-len", help="Longest sequence (default: the model's).")]
 Latency = Annotated[Path | None, typer.Option("--latency", help="Calibrated latency parameters JSON (default: roofline).")]
+Engine = Annotated[str | None, typer.Option("--engine", help="Engine profile (serving-system overheads): basic (default), ideal, vllm-2023, vllm-current.")]
 Block = Annotated[int | None, typer.Option("--block-size", "-b", help="Paged block size in tokens (default 16).")]
 Placement = Annotated[str | None, typer.Option("--placement", help="Contiguous placement: first_fit, best_fit, buddy.")]
 Prefix = Annotated[bool | None, typer.Option("--prefix-caching/--no-prefix-caching", help="Paged prefix caching.")]
@@ -73,7 +74,7 @@ _KEYS = {
     "output_len": "workload.output_len", "window": "workload.window", "skip_bad_rows": "workload.skip_bad_rows",
     "sampling": "sampling", "model": "model", "gpu": "gpu", "kv_dtype": "kv_dtype",
     "kv_tokens": "kv_capacity_tokens", "kv_gb": "kv_budget_gb", "mem_util": "gpu_memory_utilization",
-    "max_len": "max_model_len", "latency": "latency", "block_size": "block_size", "placement": "placement",
+    "max_len": "max_model_len", "latency": "latency", "engine": "engine", "block_size": "block_size", "placement": "placement",
     "prefix": "prefix_caching", "max_seqs": "scheduler.max_num_seqs", "max_tokens": "scheduler.max_num_batched_tokens",
     "chunked": "scheduler.chunked_prefill", "preemption": "scheduler.preemption_mode", "seed": "seed",
     "sliding_window": "sliding_window", "swap_gb": "scheduler.cpu_swap_space_gb",
@@ -181,7 +182,7 @@ def register(app: typer.Typer) -> None:
                 output_len: OLen = None, window: Window = None, skip_bad_rows: SkipBad = None,
                 sampling: Sampling = None, model: Model = None, gpu: Gpu = None, kv_dtype: KvDtype = None,
                 kv_tokens: KvTokens = None, kv_gb: KvGb = None, mem_util: MemUtil = None, max_len: MaxLen = None,
-                latency: Latency = None, block_size: Block = None, placement: Placement = None,
+                latency: Latency = None, engine: Engine = None, block_size: Block = None, placement: Placement = None,
                 prefix: Prefix = None, max_seqs: MaxSeqs = None, max_tokens: MaxTok = None, chunked: Chunked = None,
                 preemption: Preempt = None, sliding_window: SlidingWindow = None, swap_gb: SwapGb = None,
                 prefetch: Prefetch = None, pcie: Pcie = None, seed: Seed = None, out: Out = None, csv: Csv = False,
@@ -208,7 +209,7 @@ def register(app: typer.Typer) -> None:
                     output_len: OLen = None, window: Window = None, skip_bad_rows: SkipBad = None,
                     sampling: Sampling = None, model: Model = None, gpu: Gpu = None, kv_dtype: KvDtype = None,
                     kv_tokens: KvTokens = None, kv_gb: KvGb = None, mem_util: MemUtil = None,
-                    max_len: MaxLen = None, latency: Latency = None, block_size: Block = None,
+                    max_len: MaxLen = None, latency: Latency = None, engine: Engine = None, block_size: Block = None,
                     placement: Placement = None, prefix: Prefix = None, max_seqs: MaxSeqs = None,
                     max_tokens: MaxTok = None, chunked: Chunked = None, preemption: Preempt = None,
                     sliding_window: SlidingWindow = None, swap_gb: SwapGb = None, prefetch: Prefetch = None,
@@ -248,7 +249,7 @@ def register(app: typer.Typer) -> None:
                   output_len: OLen = None, window: Window = None, skip_bad_rows: SkipBad = None,
                   sampling: Sampling = None, model: Model = None, gpu: Gpu = None, kv_dtype: KvDtype = None,
                   kv_tokens: KvTokens = None, kv_gb: KvGb = None, mem_util: MemUtil = None, max_len: MaxLen = None,
-                  latency: Latency = None, block_size: Block = None, placement: Placement = None,
+                  latency: Latency = None, engine: Engine = None, block_size: Block = None, placement: Placement = None,
                   prefix: Prefix = None, max_seqs: MaxSeqs = None, max_tokens: MaxTok = None,
                   chunked: Chunked = None, preemption: Preempt = None, sliding_window: SlidingWindow = None,
                   swap_gb: SwapGb = None, prefetch: Prefetch = None, pcie: Pcie = None, seed: Seed = None,

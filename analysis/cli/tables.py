@@ -82,6 +82,9 @@ def print_summary(df: pd.DataFrame, title: str, axes: tuple[str, ...] = ()) -> N
     lat = sorted({str(v) for v in df.get("latency_model", pd.Series(dtype=object)).dropna()})
     if lat:
         out.print(f"latency model: {', '.join(lat)}")
+    eng = sorted({str(v) for v in df.get("engine", pd.Series(dtype=object)).dropna() if str(v)})
+    if eng:
+        out.print(f"engine profile: {', '.join(eng)}")
     for col, what in (("semantics", "block-manager semantics"), ("scheduler_policy", "scheduler policy")):
         vals = sorted({str(v) for v in df.get(col, pd.Series(dtype=object)).dropna()})
         if vals:

@@ -161,6 +161,7 @@ def summarize(result: SimResult, *, totals: StepTotals | None = None, end_s: flo
         "sharing_savings_pct": (100.0 * (1 - mm["token_states"] / mm["logical_token_states"])
                                 if mm.get("logical_token_states") else 0.0),
         "latency_model": cfg.get("latency_model", ""),
+        "engine": cfg.get("engine") or "",
     }
     assert set(s) == set(SUMMARY_KEYS), "summary keys drifted from SUMMARY_KEYS"
     s = {k: s[k] for k in SUMMARY_KEYS}

@@ -15,7 +15,7 @@ SUMMARY_KEYS: tuple[str, ...] = (
     "system", "block_size", "num_requests", "token_states_pct", "reserved_pct", "internal_frag_pct",
     "external_frag_pct", "speculative_pct", "free_pct", "throughput_rps", "throughput_tps",
     "mean_batch_size", "mean_ttft_s", "mean_tpot_s", "mean_normalized_latency_s_per_token",
-    "num_preemptions", "sharing_savings_pct", "latency_model",
+    "num_preemptions", "sharing_savings_pct", "latency_model", "engine",
 )
 
 MEMORY_CATEGORIES: tuple[str, ...] = (

@@ -20,21 +20,29 @@ class SwapSpaceError(Exception):
 
 
 class SwapSpace:
-    """`capacity_blocks` host blocks of `block_bytes` each, moved at `pcie_bandwidth_Bps` one way.
+    """`capacity_blocks` host blocks of `block_bytes` each, moved at `pcie_bandwidth_Bps` one way, each
+    block also paying `block_copy_s`: the fixed cost of the copy calls that move it (an engine profile's
+    swap_copy_s times its copies per block; vLLM v0 issues one cudaMemcpyAsync per block, layer and K/V,
+    which is why small blocks swap slowly).
 
     Invariants (check_invariants): used_blocks == sum of the blocks held per owner <= capacity_blocks;
     every owner holds >= 1 block.
     """
 
-    def __init__(self, capacity_blocks: int, block_bytes: float, pcie_bandwidth_Bps: float) -> None:
+    def __init__(self, capacity_blocks: int, block_bytes: float, pcie_bandwidth_Bps: float,
+                 block_copy_s: float = 0.0) -> None:
         if capacity_blocks < 0:
             raise ValueError(f"capacity_blocks = {capacity_blocks} out of range (valid: >= 0)")
         if not block_bytes > 0 or not pcie_bandwidth_Bps > 0:
             raise ValueError(f"block_bytes = {block_bytes}, pcie_bandwidth_Bps = {pcie_bandwidth_Bps} "
                              f"out of range (valid: > 0)")
+        if not block_copy_s >= 0:
+            raise ValueError(f"block_copy_s = {block_copy_s} out of range (valid: seconds >= 0)")
         self.capacity_blocks = int(capacity_blocks)
         self.block_bytes = float(block_bytes)
         self.pcie_bandwidth_Bps = float(pcie_bandwidth_Bps)
+        self.block_copy_s = float(block_copy_s)
+        self._s_per_block = self.block_bytes / self.pcie_bandwidth_Bps + self.block_copy_s
         self._held: dict[Hashable, int] = {}
         self.used_blocks = 0
         self.total_out = 0  # blocks ever swapped out
@@ -96,8 +104,11 @@ class SwapSpace:
         return self.total_in * self.block_bytes
 
     def transfer_time(self, num_blocks: int) -> float:
-        """Seconds to move `num_blocks` over PCIe in one direction."""
-        return num_blocks * self.block_bytes / self.pcie_bandwidth_Bps
+        """Seconds to move `num_blocks` over PCIe in one direction: bytes / bandwidth + the copy calls'
+        fixed cost, per block."""
+        if not self.block_copy_s:  # the bandwidth-only model, bit for bit as before
+            return num_blocks * self.block_bytes / self.pcie_bandwidth_Bps
+        return num_blocks * self._s_per_block
 
     def check_invariants(self) -> None:
         """Raise AssertionError naming the owner if an invariant (class doc) is broken."""
@@ -129,10 +140,16 @@ class SwapStats:
 
     A swap-out precedes the forward pass (the blocks it frees are written by it). A swap-in is on the
     critical path, or with `prefetch` overlaps the forward pass on a copy stream (overlap_swap_in).
+    With `overlap` (vLLM v0.1's worker: every copy on a cache stream, each layer waiting only for its
+    own layer's copies) the PCIe time of swap-outs and swap-ins overlaps the forward pass, while the
+    copy calls' fixed cost (`block_copy_s` per block, issued by the CPU before the pass) stays on the
+    critical path: step = compute + calls + max(0, PCIe - compute).
     """
 
-    def __init__(self, prefetch: bool) -> None:
+    def __init__(self, prefetch: bool, *, overlap: bool = False, block_copy_s: float = 0.0) -> None:
         self.prefetch = prefetch
+        self.overlap = overlap
+        self.block_copy_s = block_copy_s
         self.exposed_s = 0.0  # transfer time that lengthened steps
         self.hidden_s = 0.0  # transfer time hidden behind forward passes
         self.num_prefetches = 0
@@ -140,6 +157,8 @@ class SwapStats:
 
     def step(self, out: SchedulerOutput, compute_s: float) -> float:
         """The step's duration with its swaps; sets out.swap_exposed_s and out.swap_hidden."""
+        if self.overlap and (out.swap_in_s or out.swap_out_s):
+            return self._step_overlapped(out, compute_s)
         exposed_in, hidden = out.swap_in_s, 0
         if self.prefetch and out.swap_in_s:
             exposed_in, hidden = overlap_swap_in(out.swap_in_groups_s, compute_s)
@@ -149,6 +168,24 @@ class SwapStats:
         out.swap_exposed_s = out.swap_out_s + exposed_in
         self.exposed_s += out.swap_exposed_s
         self.hidden_s += out.swap_in_s - exposed_in
+        return compute_s + out.swap_exposed_s
+
+    def _step_overlapped(self, out: SchedulerOutput, compute_s: float) -> float:
+        calls = (out.swap_out_blocks + out.swap_in_blocks) * self.block_copy_s
+        pcie = max(0.0, out.swap_out_s + out.swap_in_s - calls)
+        exposed_pcie = max(0.0, pcie - compute_s)
+        # Swap-in groups whose bytes landed within the pass (the swap-outs are copied first).
+        done, hidden = out.swap_out_s - out.swap_out_blocks * self.block_copy_s, 0
+        for t in out.swap_in_groups_s:
+            done += t
+            hidden += done <= compute_s
+        if self.prefetch:
+            self.num_prefetches += len(out.swap_in_groups_s)
+            self.num_prefetch_hidden += hidden
+        out.swap_hidden = hidden
+        out.swap_exposed_s = calls + exposed_pcie
+        self.exposed_s += out.swap_exposed_s
+        self.hidden_s += pcie - exposed_pcie
         return compute_s + out.swap_exposed_s
 
     def summary(self, space: SwapSpace) -> dict[str, Any]:

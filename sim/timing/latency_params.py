@@ -14,14 +14,21 @@ from typing import Any
 import numpy as np
 
 from sim.presets import GPUS, MODELS, GPUSpec, ModelSpec, SpecError, get_gpu, get_model, kv_capacity_tokens
+from sim.timing.engines import engine_from_dict, get_engine
+from sim.timing.gemm import GemmParams, gemm_params_from_dict
 
-PARAMS_SCHEMA = "pagesim.latency/1"
+# Schema 2 adds the optional "engine" block (the serving system's overheads); schema-1 files are still
+# read, their "overhead_s" standing for the default profile's per-step overhead.
+PARAMS_SCHEMA = "pagesim.latency/2"
+READABLE_SCHEMAS: tuple[str, ...] = ("pagesim.latency/1", PARAMS_SCHEMA)
 PARAMS_DIR = Path(__file__).resolve().parent / "params"
 DEFAULT_OVERHEAD_S = 2e-3  # per-step CPU work of a Python serving loop: scheduling, input prep, launches
 DEFAULT_EFFICIENCY = 0.8  # achievable fraction of the data-sheet peaks (HBM and tensor cores)
 DECODE_COEFFS: tuple[str, ...] = ("c0_s", "c_kv_bytes_s", "c_seqs_s", "c_blocks_s")
 DECODE_VARIANTS: tuple[str, ...] = ("paged", "partitioned", "contiguous")
 TP_CHOICES: tuple[int, ...] = (1, 2, 4, 8)
+#: Fitted blocks other than attn_decode; a calibrated file needs attn_decode or one of these.
+FITTED_BLOCKS: tuple[str, ...] = ("gemm", "linear", "attn_prefill", "engine")
 
 
 def _need(d: Any, key: str, where: str) -> Any:
@@ -41,20 +48,42 @@ def validate_params(params: Any) -> dict[str, Any]:
     if not isinstance(params, dict):
         raise SpecError(f"latency params: expected a JSON object, got {type(params).__name__}")
     schema = _need(params, "schema", "")
-    if schema != PARAMS_SCHEMA:
-        raise SpecError(f"latency params: 'schema' = {schema!r} is not supported (valid: {PARAMS_SCHEMA!r})")
+    if schema not in READABLE_SCHEMAS:
+        raise SpecError(f"latency params: 'schema' = {schema!r} is not supported "
+                        f"(valid: {', '.join(map(repr, READABLE_SCHEMAS))})")
     source = _need(params, "source", "")
     if source not in ("roofline", "calibrated"):
         raise SpecError(f"latency params: 'source' = {source!r} (valid: 'roofline', 'calibrated')")
     if "overhead_s" in params:
         _number(params["overhead_s"], "overhead_s")
+    if params.get("engine") is not None:
+        if schema != PARAMS_SCHEMA:
+            raise SpecError(f"latency params: 'engine' needs schema {PARAMS_SCHEMA!r} (the file says {schema!r})")
+        e = params["engine"]
+        if isinstance(e, str):
+            get_engine(e)
+        else:
+            engine_from_dict(e, where="latency params: 'engine'")
     for key in ("efficiency", "flops_efficiency"):
         if params.get(key) is not None and not 0 < _number(params[key], key) <= 1:
             raise SpecError(f"latency params: '{key}' = {params[key]!r} out of range (valid: (0, 1])")
+    if params.get("gemm") is not None:
+        gemm_params_from_dict(params["gemm"])
     tp = params.get("tensor_parallel", 1)
     if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:
         raise SpecError(f"latency params: 'tensor_parallel' = {tp!r} out of range (valid: an integer >= 1)")
     if source == "roofline":
+        return params
+    for block, keys in (("linear", ("c0_s", "c_tokens_s")), ("attn_prefill", ("c0_s", "c_flops_s"))):
+        if params.get(block) is not None:
+            for k in keys:
+                _number(_need(params[block], k, f"{block}."), f"{block}.{k}")
+    if params.get("attn_decode") is None:
+        # A calibration that fitted no decode kernel (GEMM timings, a serving benchmark) keeps the
+        # roofline's decode term; it must still have fitted something.
+        if not any(params.get(k) is not None for k in FITTED_BLOCKS):
+            raise SpecError(f"latency params: a calibrated file needs at least one fitted block "
+                            f"(valid: {', '.join(('attn_decode', *FITTED_BLOCKS))})")
         return params
     variants = _need(_need(params, "attn_decode", ""), "variants", "attn_decode.")
     if not isinstance(variants, dict) or not variants:
@@ -67,11 +96,14 @@ def validate_params(params: Any) -> dict[str, Any]:
             _number(_need(coeffs, k, f"attn_decode.variants.{v}."), f"attn_decode.variants.{v}.{k}")
     if not {"paged", "partitioned"} & variants.keys():
         raise SpecError("latency params: 'attn_decode.variants' needs 'paged' or 'partitioned'")
-    for block, keys in (("linear", ("c0_s", "c_tokens_s")), ("attn_prefill", ("c0_s", "c_flops_s"))):
-        if params.get(block) is not None:
-            for k in keys:
-                _number(_need(params[block], k, f"{block}."), f"{block}.{k}")
     return params
+
+
+def file_gemm(params: dict[str, Any]) -> GemmParams | None:
+    """The GEMM curve a (validated) parameters file carries under "gemm" (gpu/calibration/gemm.py fits
+    one), or None: the linear layers then follow the engine profile (flat roofline or the H100 fit)."""
+    g = params.get("gemm")
+    return None if g is None else gemm_params_from_dict(g)
 
 
 def read_params_file(path: str | Path) -> dict[str, Any]:
@@ -93,21 +125,22 @@ def read_params_file(path: str | Path) -> dict[str, Any]:
 
 
 def roofline_params(model: ModelSpec | str, gpu: GPUSpec | str, *, tensor_parallel: int = 1,
-                    overhead_s: float = DEFAULT_OVERHEAD_S, efficiency: float = DEFAULT_EFFICIENCY) -> dict[str, Any]:
+                    efficiency: float = DEFAULT_EFFICIENCY, engine: str | None = None) -> dict[str, Any]:
     """The roofline-default parameters of a (model, GPU, tensor_parallel) preset, as a params dict.
 
-    Only `overhead_s`, `efficiency` and `tensor_parallel` are read back; "derived" is informational
-    (the preset figures the roofline uses, so a reader sees them without running code).
+    Only `efficiency`, `tensor_parallel` and `engine` (when given; otherwise the run's --engine) are read
+    back; "derived" is informational (the preset figures the roofline uses, so a reader sees them
+    without running code). The shipped files name no engine: the hardware is the file's, the serving
+    system the run's.
     """
     m, g = get_model(model), get_gpu(gpu)
-    return {
+    out: dict[str, Any] = {
         "schema": PARAMS_SCHEMA,
         "source": "roofline",
         "label": "roofline defaults: vendor data-sheet peaks x efficiency, not measured",
         "model": m.name,
         "gpu": g.name,
         "tensor_parallel": tensor_parallel,
-        "overhead_s": overhead_s,
         "efficiency": efficiency,
         "derived": {
             "hbm_bandwidth_Bps": g.hbm_bandwidth_Bps,
@@ -118,6 +151,9 @@ def roofline_params(model: ModelSpec | str, gpu: GPUSpec | str, *, tensor_parall
             "weights_read_floor_s": m.weight_bytes() / tensor_parallel / g.hbm_bandwidth_Bps,
         },
     }
+    if engine is not None:
+        out["engine"] = get_engine(engine).name
+    return out
 
 
 def default_param_targets() -> list[tuple[ModelSpec, GPUSpec, int]]:

@@ -13,13 +13,13 @@ from hypothesis import strategies as st
 from paths import DOCS
 
 from sim.presets import SpecError, get_gpu, get_model
+from sim.timing.batch_shape import _window_cumsum
 from sim.timing.latency import (
     PARAMS_SCHEMA,
     BatchShape,
     CalibratedLatency,
     LatencyModel,
     RooflineLatency,
-    _window_cumsum,
     decode_blocks_touched,
     load_latency_model,
 )
