@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 ASSUMPTIONS = ("arrivals redrawn: request 0 at t=0, then Gamma(burstiness, 1/(rate*burstiness)) gaps "
-               "(vLLM's client process; its seed is not saved), averaged over {seeds} draw(s); failed requests "
+               "(vLLM's client process; its seed is not saved), metrics averaged over {seeds} draw(s); failed requests "
                "dropped; TPOT = sum(itls) / (output_len - 1)")
 LABELS = {"request_throughput": ("throughput (req/s)", 1.0), "output_throughput": ("output tokens/s", 1.0),
           "mean_ttft_s": ("mean TTFT (ms)", 1e3), "median_ttft_s": ("median TTFT (ms)", 1e3),

@@ -80,12 +80,13 @@ class ReplaySetup:
 
 
 def replay(b: ServingBenchmark, setup: ReplaySetup, engine: EngineProfile | None) -> dict[str, Any]:
-    """Simulate the benchmark once per seed; per-request ttft/tpot (NaN if not finished, in the
-    benchmark's kept order, averaged over seeds) and the mean simulated duration."""
+    """Simulate the benchmark once per seed. "runs": per seed (ttft, tpot, duration) with per-request
+    arrays in the benchmark's kept order (NaN if not finished); "ttft"/"tpot"/"duration": their means
+    over seeds (what the per-request fit loss compares); "engine": the profile's name."""
     n = b.index.size
-    ttft, tpot, dur = np.zeros(n), np.zeros(n), 0.0
     pos = {int(r): j for j, r in enumerate(b.index)}
     cfg = setup.config(engine)
+    runs = []
     for seed in setup.seeds:
         res = simulate(replay_requests(b, np.random.default_rng(seed)), cfg, rng=seed)
         t1, t2 = np.full(n, np.nan), np.full(n, np.nan)
@@ -95,9 +96,9 @@ def replay(b: ServingBenchmark, setup: ReplaySetup, engine: EngineProfile | None
                 j = pos[int(r.req_id)]
                 t1[j], t2[j] = r.ttft_s, r.tpot_s
                 end = max(end, r.finish_s)
-        ttft, tpot, dur = ttft + t1, tpot + t2, dur + end
-    k = len(setup.seeds)
-    return {"ttft": ttft / k, "tpot": tpot / k, "duration": dur / k, "engine": cfg.latency.engine.name}
+        runs.append((t1, t2, end))
+    return {"runs": runs, "ttft": np.mean([r[0] for r in runs], axis=0), "tpot": np.mean([r[1] for r in runs], axis=0),
+            "duration": float(np.mean([r[2] for r in runs])), "engine": cfg.latency.engine.name}
 
 
 def split_rows(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -107,13 +108,16 @@ def split_rows(n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def sim_metrics(b: ServingBenchmark, sim: dict[str, Any], rows: np.ndarray) -> dict[str, float]:
-    """METRICS of a replay over `rows` (throughput over every request of the run)."""
-    done = np.isfinite(sim["ttft"])
-    out = metrics_of(sim["ttft"][rows], sim["tpot"][rows], b.output_lens[rows], int(done[rows].sum()),
-                     max(float(sim["duration"]), 1e-12))
-    out["request_throughput"] = int(done.sum()) / max(float(sim["duration"]), 1e-12)
-    out["output_throughput"] = float(b.output_lens[done].sum()) / max(float(sim["duration"]), 1e-12)
-    return out
+    """METRICS of a replay over `rows` (throughput over every request of the run), computed per seed
+    and averaged (so a p99 is the mean of each draw's p99, not the p99 of averaged requests)."""
+    per_seed = []
+    for ttft, tpot, end in sim["runs"]:
+        done, dur = np.isfinite(ttft), max(float(end), 1e-12)
+        out = metrics_of(ttft[rows], tpot[rows], b.output_lens[rows], int(done[rows].sum()), dur)
+        out["request_throughput"] = int(done.sum()) / dur
+        out["output_throughput"] = float(b.output_lens[done].sum()) / dur
+        per_seed.append(out)
+    return {k: float(np.mean([m[k] for m in per_seed])) for k in per_seed[0]}
 
 
 def _loss(meas: dict[str, float], sim: dict[str, float]) -> float:

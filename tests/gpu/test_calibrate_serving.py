@@ -145,3 +145,16 @@ def test_fit_recovers_known_overheads_from_noisy_runs() -> None:
     assert len(held_rows) == 8 and np.median([abs(r["rel_err"]) for r in held_rows]) < 0.05
     # the fitted profile keeps every other field of the base profile
     assert fit.engine.attn_block_s == true.attn_block_s and fit.engine.name == "vllm-current+fit"
+
+
+def test_metrics_average_over_arrival_draws() -> None:
+    from gpu.calibration.overheads import sim_metrics
+
+    b = parse_benchmark({"input_lens": [10, 10], "output_lens": [3, 3], "ttfts": [0.1, 0.1], "itls": [[0.1] * 2] * 2,
+                         "duration": 1.0, "completed": 2, "request_rate": 1.0})
+    runs = [(np.array([1.0, 3.0]), np.array([0.1, 0.1]), 10.0), (np.array([2.0, 2.0]), np.array([0.3, 0.3]), 5.0)]
+    m = sim_metrics(b, {"runs": runs}, np.arange(2))
+    assert m["request_throughput"] == pytest.approx((2 / 10 + 2 / 5) / 2)
+    assert m["mean_tpot_s"] == pytest.approx(0.2) and m["mean_ttft_s"] == pytest.approx(2.0)
+    # the p99 of each draw, averaged: (2.98 + 2.0) / 2, not the p99 of the per-request means (2.0)
+    assert m["p99_ttft_s"] == pytest.approx((1.0 + 0.99 * 2.0 + 2.0) / 2)
