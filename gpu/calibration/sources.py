@@ -141,8 +141,10 @@ def fit_decode(df: pd.DataFrame, model: ModelSpec | None, gpu: GPUSpec | None, t
     rep: dict[str, Any] = {"variants": params["fit"]["variants"], "warnings": params["fit"]["warnings"],
                            "ignored_torch_sdpa": int((df["variant"] == "torch_sdpa").sum())}
     rel_fit, rel_held = [], []
+    heads = {tuple(h) for h in params["fit"]["heads"]}  # rows of other heads were not fitted: not scored
+    own = [tuple(int(x) for x in r) in heads for r in df[["num_heads", "num_kv_heads", "head_dim"]].to_numpy()]
     for v, c in params["attn_decode"]["variants"].items():
-        rows = df[df["variant"] == v]
+        rows = df[(df["variant"] == v).to_numpy() & np.asarray(own, dtype=bool)]
         blocks = 0.0 if v == "contiguous" else rows["num_blocks_touched"].to_numpy(float)
         pred = (c["c0_s"] + c["c_kv_bytes_s"] * rows["kv_bytes"].to_numpy(float)
                 + c["c_seqs_s"] * rows["batch_size"].to_numpy(float) + c["c_blocks_s"] * blocks)
