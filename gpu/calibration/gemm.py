@@ -20,7 +20,7 @@ import pandas as pd
 
 from gpu.calibration.kernels import CalibrationError
 from sim.presets import GPUSpec
-from sim.timing.gemm import GEMM_KEYS, H100_VIDUR, GemmParams
+from sim.timing.gemm import GEMM_KEYS, H100_VIDUR, GemmParams, for_gpu
 
 GEMM_COLUMNS: tuple[str, ...] = ("op", "num_tokens", "k", "n", "latency_s")
 _LO = np.array([0.0, 0.02, 0.02, 0.0])
@@ -52,7 +52,7 @@ def check_gemm_timings(df: pd.DataFrame, source: str = "GEMM timings") -> pd.Dat
 def predict(params: GemmParams | np.ndarray, gpu: GPUSpec, m: np.ndarray, k: np.ndarray, n: np.ndarray,
             dtype_bytes: int = 2) -> np.ndarray:
     """Vectorized sim.timing.gemm.gemm_time (the same formula; tests compare the two)."""
-    x = _vector(params) if isinstance(params, GemmParams) else params
+    x = _vector(for_gpu(params, gpu)) if isinstance(params, GemmParams) else params
     launch, mem_eff, flops_eff, half = x
     t_mem = (k * n + m * (k + n)) * dtype_bytes / (gpu.hbm_bandwidth_Bps * mem_eff)
     t_comp = 2.0 * k * n * (m + half) / (gpu.fp16_flops * flops_eff)

@@ -20,20 +20,23 @@ hidden). The LM head is one more GEMM of `logit_rows` rows through hidden x voca
 
 `H100_VIDUR` holds the parameters fitted to real H100 operator timings (Vidur's public profiles of
 Llama-2-7B and -70B at TP 1, 2, 4, 8; gpu/calibration/gemm.py fits them, docs/latency.md gives the
-errors). On another GPU the same fractions and `half_tokens` are applied to that GPU's data-sheet peaks:
-an extrapolation (same tensor-core generation behaviour assumed), labelled as such by `transfer_note`.
+errors). On another GPU (`for_gpu`) the same fractions apply to that GPU's data-sheet peaks and
+`half_tokens` scales with its ridge point (peak FLOP/s / HBM bandwidth): the under-filled compute in the
+transition costs a fixed share of the weight-streaming time rather than of the FLOPs, which is what an
+A100 spot check against Vidur's A100 profile supports (10% median error against 25% for a fixed
+half_tokens; docs/latency.md). Still an extrapolation, labelled by `transfer_note`.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from sim.presets import GPUSpec, ModelSpec, SpecError
+from sim.presets import GPUSpec, ModelSpec, SpecError, get_gpu
 
 __all__ = ["GemmParams", "H100_VIDUR", "GEMM_KEYS", "gemm_time", "linear_shapes", "linear_time",
-           "GemmLinear", "gemm_params_from_dict", "transfer_note"]
+           "GemmLinear", "gemm_params_from_dict", "transfer_note", "for_gpu"]
 
 GEMM_KEYS: tuple[str, ...] = ("launch_s", "mem_efficiency", "flops_efficiency", "half_tokens")
 
@@ -94,11 +97,29 @@ def gemm_params_from_dict(d: Any, where: str = "gemm") -> GemmParams:
         raise SpecError(str(e).replace("gemm params: '", f"latency params: '{where}.")) from None
 
 
+def _fitted_gpu(params: GemmParams) -> GPUSpec | None:
+    try:
+        return get_gpu(params.fitted_on) if params.fitted_on else None
+    except SpecError:  # a GPU that is no preset: its peaks are unknown, nothing to scale by
+        return None
+
+
+def for_gpu(params: GemmParams, gpu: GPUSpec) -> GemmParams:
+    """The curve as applied on `gpu`: unchanged on the GPU it was fitted on (or an unknown one);
+    elsewhere half_tokens x (gpu's ridge point / the fitted GPU's), ridge = peak FLOP/s / HBM bandwidth."""
+    src = _fitted_gpu(params)
+    if src is None or src.name.lower() == gpu.name.lower():
+        return params
+    ratio = (gpu.fp16_flops / gpu.hbm_bandwidth_Bps) / (src.fp16_flops / src.hbm_bandwidth_Bps)
+    return replace(params, half_tokens=params.half_tokens * ratio)
+
+
 def gemm_time(m: float, k: int, n: int, gpu: GPUSpec, params: GemmParams = H100_VIDUR,
               dtype_bytes: int = 2) -> float:
-    """Seconds for one [m x k] @ [k x n] GEMM (m tokens); 0.0 for m <= 0."""
+    """Seconds for one [m x k] @ [k x n] GEMM (m tokens) on `gpu` (the curve `for_gpu`); 0.0 for m <= 0."""
     if m <= 0:
         return 0.0
+    params = for_gpu(params, gpu)
     t_mem = (k * n + m * (k + n)) * dtype_bytes / (gpu.hbm_bandwidth_Bps * params.mem_efficiency)
     t_comp = 2.0 * k * n * (m + params.half_tokens) / (gpu.fp16_flops * params.flops_efficiency)
     return params.launch_s + (t_comp if t_comp > t_mem else t_mem)
@@ -141,6 +162,7 @@ class GemmLinear:
                  params: GemmParams = H100_VIDUR) -> None:
         if tensor_parallel < 1:
             raise SpecError(f"tensor_parallel = {tensor_parallel} out of range (valid: >= 1)")
+        params = for_gpu(params, gpu)
         self.model, self.gpu, self.tensor_parallel, self.params = model, gpu, tensor_parallel, params
         self._shapes = linear_shapes(model, tensor_parallel)
         self._head = (model.hidden_size, -(-model.vocab_size // tensor_parallel))
@@ -178,5 +200,5 @@ def transfer_note(params: GemmParams, gpu: GPUSpec) -> str:
     """'' on the GPU the curve was fitted on; otherwise a one-line note that it is an extrapolation."""
     if not params.fitted_on or params.fitted_on.lower() == gpu.name.lower():
         return ""
-    return (f"GEMM curve fitted on {params.fitted_on}, applied to {gpu.name} by scaling with its peak FLOP/s "
-            f"and HBM bandwidth (an extrapolation, not measured)")
+    return (f"GEMM curve fitted on {params.fitted_on}, applied to {gpu.name} with its peak FLOP/s and HBM "
+            f"bandwidth and half_tokens scaled by the ridge point (an extrapolation, not measured)")
