@@ -33,7 +33,8 @@ def _fail(cmd: str, msg: str) -> typer.Exit:
     return typer.Exit(2)
 
 
-Model = Annotated[str, typer.Option("--model", help="Model preset the benchmark served (e.g. llama-2-7b).")]
+ModelOrFile = Annotated[str | None, typer.Option("--model", help="Model preset the benchmark served (default: "
+                                                 "the preset its model_id names, e.g. meta-llama/Llama-2-7b-hf).")]
 Gpu = Annotated[str, typer.Option("--gpu", help="GPU preset it ran on (e.g. h100-sxm).")]
 TP = Annotated[int, typer.Option("--tensor-parallel", help="GPUs sharding the model.")]
 EngineOpt = Annotated[str | None, typer.Option("--engine", help="Engine profile: basic (default), ideal, vllm-2023, "
@@ -91,7 +92,7 @@ def comparison_table(title: str, rows: list[dict[str, Any]]) -> Table:
 
 def validate(
     bench: Annotated[Path, typer.Argument(help="vLLM benchmark_serving.py --save-result JSON.")],
-    model: Model, gpu: Gpu, tensor_parallel: TP = 1, engine: EngineOpt = None, latency: LatencyOpt = None,
+    gpu: Gpu, model: ModelOrFile = None, tensor_parallel: TP = 1, engine: EngineOpt = None, latency: LatencyOpt = None,
     block_size: BlockOpt = 16, max_num_seqs: SeqsOpt = 256, max_num_batched_tokens: TokensOpt = None,
     chunked_prefill: ChunkOpt = False, seeds: SeedsOpt = 1, gpu_memory_utilization: UtilOpt = 0.9,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the comparison as JSON.")] = None,
@@ -101,15 +102,22 @@ def validate(
 
     from gpu.calibration.kernels import CalibrationError
     from gpu.calibration.overheads import replay, sim_metrics
-    from gpu.calibration.serving import compare, load_benchmark, measured_metrics
+    from gpu.calibration.serving import compare, load_benchmark, measured_metrics, preset_from_model_id
     from sim.presets import SpecError
     from sim.timing.engines import get_engine
 
+    try:
+        b = load_benchmark(bench)
+    except CalibrationError as e:
+        raise _fail("validate", str(e)) from None
+    if model is None:
+        model = preset_from_model_id(b.model_id)
+        if model is None:
+            raise _fail("validate", f"--model is needed: the benchmark's model_id {b.model_id!r} names no preset")
     setup = replay_setup("validate", model, gpu, tensor_parallel, latency, block_size, max_num_seqs,
                          max_num_batched_tokens, chunked_prefill, seeds, gpu_memory_utilization)
     try:
         eng = get_engine(engine) if engine is not None else None
-        b = load_benchmark(bench)
         sim = replay(b, setup, eng)
         rows = compare(measured_metrics(b), sim_metrics(b, sim, np.arange(b.index.size)))
     except (CalibrationError, SpecError) as e:

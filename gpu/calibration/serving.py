@@ -162,6 +162,23 @@ def load_benchmark(path: str | Path) -> ServingBenchmark:
     return parse_benchmark(data, str(p))
 
 
+def preset_from_model_id(model_id: str | None) -> str | None:
+    """The model preset a benchmark's `model_id` names (meta-llama/Llama-2-7b-hf -> Llama-2-7B), or None.
+
+    Rule: the last path component, lower case, without a "meta-" prefix, must start with a preset's
+    name followed by the end or "-" (so -hf, -chat, -v0.1 suffixes pass and 70b never matches 7b)."""
+    from sim.presets import MODELS
+
+    if not model_id:
+        return None
+    base = model_id.rstrip("/").split("/")[-1].lower().removeprefix("meta-")
+    for m in MODELS.values():
+        name = m.name.lower()
+        if base == name or base.startswith(name + "-"):
+            return m.name
+    return None
+
+
 def arrival_times(n: int, request_rate: float, burstiness: float, rng: np.random.Generator) -> np.ndarray:
     """n arrival times as vLLM's client draws them: 0, then Gamma(burstiness, 1/(rate*burstiness)) gaps."""
     if n <= 0:

@@ -158,3 +158,22 @@ def test_metrics_average_over_arrival_draws() -> None:
     assert m["mean_tpot_s"] == pytest.approx(0.2) and m["mean_ttft_s"] == pytest.approx(2.0)
     # the p99 of each draw, averaged: (2.98 + 2.0) / 2, not the p99 of the per-request means (2.0)
     assert m["p99_ttft_s"] == pytest.approx((1.0 + 0.99 * 2.0 + 2.0) / 2)
+
+
+def test_model_preset_from_the_benchmark_model_id(tmp_path: Path) -> None:
+    from gpu.calibration.serving import preset_from_model_id
+
+    assert preset_from_model_id("meta-llama/Llama-2-7b-hf") == "Llama-2-7B"
+    assert preset_from_model_id("meta-llama/Llama-2-70b-chat-hf") == "Llama-2-70B"
+    assert preset_from_model_id("meta-llama/Meta-Llama-3-8B") == "Llama-3-8B"
+    assert preset_from_model_id("facebook/opt-13b") == "OPT-13B"
+    assert preset_from_model_id("mistralai/Mistral-7B-v0.1") == "Mistral-7B"
+    assert preset_from_model_id("Qwen/Qwen2-7B") is None and preset_from_model_id(None) is None
+    res = CliRunner().invoke(app, ["validate", str(FIXTURE), "--gpu", "h100-sxm", "--engine", "ideal"])
+    assert res.exit_code == 0 and "Llama-2-7B on H100-SXM" in res.output  # the fixture's model_id
+    d = _raw()
+    d["model_id"] = "Qwen/Qwen2-7B"
+    other = tmp_path / "q.json"
+    other.write_text(json.dumps(d))
+    res = CliRunner().invoke(app, ["validate", str(other), "--gpu", "h100-sxm"])
+    assert res.exit_code == 2 and "model_id 'Qwen/Qwen2-7B' names no preset" in res.output
