@@ -7,7 +7,7 @@ fit minimizes the weighted sum of squared log ratios simulated / measured of the
 over the FIT requests (even positions in the file) of every fit benchmark; the held-out report is the
 ODD positions of the same runs (requests the fit never looked at, though they shared the run) and every
 metric of `held_out` benchmark files (the real test: other rates or datasets). Search: a coarse grid,
-then a pattern search that halves its steps (deterministic; each point is one simulation per seed).
+then Nelder-Mead from the best grid point (deterministic; each point is one simulation per seed).
 """
 
 from __future__ import annotations
@@ -207,7 +207,7 @@ def _rows(name: str, split: str, meas: dict[str, float], sim: dict[str, float],
 
 def fit_overheads(benchmarks: Sequence[ServingBenchmark], setup: ReplaySetup, base: EngineProfile | str | None,
                   *, held_out: Sequence[ServingBenchmark] = (), step_grid: Sequence[float] = STEP_GRID_S,
-                  seq_grid: Sequence[float] = SEQ_GRID_S, refine: int = 40,
+                  seq_grid: Sequence[float] = SEQ_GRID_S, max_evals: int = 40,
                   progress: Callable[[str], None] | None = None) -> OverheadFit:
     """Fit (step_overhead_s, seq_overhead_s) of `base` to the benchmarks; see the module docstring."""
     if not benchmarks:
@@ -238,7 +238,7 @@ def fit_overheads(benchmarks: Sequence[ServingBenchmark], setup: ReplaySetup, ba
     best = min(((s, q) for s in step_grid for q in seq_grid), key=lambda p: loss(*p))
     ds = max(float(np.diff(sorted(step_grid)).max(initial=1e-3)) / 2, 1e-5)
     dq = max(float(np.diff(sorted(seq_grid)).max(initial=1e-5)) / 2, 1e-7)
-    best = _nelder_mead(lambda x: loss(max(x[0], 0.0), max(x[1], 0.0)), best, (ds, dq), refine)
+    best = _nelder_mead(lambda x: loss(max(x[0], 0.0), max(x[1], 0.0)), best, (ds, dq), max_evals)
     best = (max(best[0], 0.0), max(best[1], 0.0))
     eng = profile(*best)
     rows: list[dict[str, Any]] = []
@@ -251,7 +251,7 @@ def fit_overheads(benchmarks: Sequence[ServingBenchmark], setup: ReplaySetup, ba
         all_rows = np.arange(b.index.size)
         rows += _rows(b.source, "held-out file", measured_metrics(b), sim_metrics(b, replay(b, setup, eng), all_rows),
                       list(METRICS))
-    report = {"method": "grid + pattern search on weighted squared log ratios (simulated / measured)",
+    report = {"method": "grid + Nelder-Mead on weighted squared log ratios (simulated / measured)",
               "targets": FIT_TARGETS, "seeds": list(setup.seeds), "evaluations": len(cache), "rows": rows,
               "fit": _errors([r for r in rows if r["split"] == "fit"]),
               "held_out": _errors([r for r in rows if r["split"] != "fit"]),
