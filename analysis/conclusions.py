@@ -1,0 +1,106 @@
+"""The answer first: plain sentences from a summary table, for the terminal and the report.
+
+Which system holds how many more requests at once (mean batch size), where each system's memory
+goes (token states vs the waste categories), throughput and latency differences that matter, block
+sharing, and every rejection with its reason and what to change. Sweeps get one sentence per
+swept axis instead (best value of each axis).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pandas as pd
+
+from analysis.rejections import rejection_lines
+
+WASTE: tuple[tuple[str, str], ...] = (
+    ("reserved", "reserved for later tokens"), ("internal_frag", "internal fragmentation"),
+    ("external_frag", "external fragmentation"), ("speculative", "speculative drafts"))
+
+
+def _f(v: Any) -> float:
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return math.nan
+    return x
+
+
+def memory_sentence(row: pd.Series) -> str:
+    """"contig-max: 18% of the KV memory in use holds tokens; 82% is waste (61% internal ...)"."""
+    tok = _f(row.get("token_states_of_used_pct"))
+    if math.isnan(tok):
+        return ""
+    parts = sorted(((_f(row.get(f"{c}_of_used_pct")), what) for c, what in WASTE), reverse=True)
+    waste = [f"{v:.0f}% {what}" for v, what in parts if v >= 0.5]
+    free = _f(row.get("free_pct"))
+    tail = f"; {free:.0f}% of the pool stayed free" if not math.isnan(free) else ""
+    if not waste:
+        return f"{row['system']}: {tok:.0f}% of the KV memory in use holds tokens{tail}."
+    return (f"{row['system']}: {tok:.0f}% of the KV memory in use holds tokens, {100 - tok:.0f}% is waste "
+            f"({', '.join(waste)}){tail}.")
+
+
+def conclusions(summary: pd.DataFrame, axes: tuple[str, ...] = ()) -> list[str]:
+    """Plain-language findings of a summary table (rows: systems, or sweep points with `axes`)."""
+    s = summary
+    if "status" in s.columns:
+        s = s[s["status"] == "ok"]
+    if s.empty or "system" not in s.columns:
+        return []
+    lines: list[str] = []
+    swept = [a for a in axes if a != "system" and a in s.columns and s[a].nunique(dropna=True) > 1]
+    if swept:
+        lines += _sweep_lines(s, swept)
+    else:
+        lines += _batch_lines(s)
+        lines += [x for x in (memory_sentence(r) for _, r in s.iterrows()) if x]
+        lines += _speed_lines(s)
+        for _, r in s.iterrows():
+            share = _f(r.get("sharing_savings_pct"))
+            if share > 0.05:
+                lines.append(f"{r['system']}: block sharing saved {share:.1f}% of the KV blocks.")
+    for _, r in s.iterrows():
+        label = str(r["system"]) + "".join(f", {a}={r[a]}" for a in swept)
+        lines += rejection_lines(label, r)
+    return lines
+
+
+def _batch_lines(s: pd.DataFrame) -> list[str]:
+    if "mean_batch_size" not in s.columns or len(s) < 2:
+        return []
+    b = s.set_index("system")["mean_batch_size"].astype(float)
+    best = str(b.idxmax())
+    others = [(str(k), v) for k, v in b.items() if k != best and v > 0]
+    if not others:
+        return []
+    ratios = ", ".join(f"{v and b[best] / v:.1f}x {k} ({v:.1f})" for k, v in others)
+    return [f"{best} holds the most requests at once: mean batch {b[best]:.1f}, that is {ratios}."]
+
+
+def _speed_lines(s: pd.DataFrame) -> list[str]:
+    out = []
+    for col, what, unit, fmt in (("throughput_tps", "Throughput", "output tokens/s", "{:.0f}"),
+                                 ("mean_normalized_latency_s_per_token", "Mean normalized latency",
+                                  "s/token", "{:.3g}")):
+        if col not in s.columns or len(s) < 2:
+            continue
+        v = s.set_index("system")[col].astype(float).dropna()
+        if v.empty or v.min() <= 0 or v.max() / v.min() < 1.05:
+            continue
+        out.append(f"{what}: " + ", ".join(f"{k} {fmt.format(x)}" for k, x in v.items()) + f" {unit}.")
+    return out
+
+
+def _sweep_lines(s: pd.DataFrame, swept: list[str]) -> list[str]:
+    out = []
+    for sys_name, g in s.groupby("system", sort=False):
+        if "mean_batch_size" in g.columns and g["mean_batch_size"].notna().any():
+            r = g.loc[g["mean_batch_size"].astype(float).idxmax()]
+            where = ", ".join(f"{a}={r[a]}" for a in swept)
+            tok = _f(r.get("token_states_of_used_pct"))
+            mem = f", {tok:.0f}% of the used memory holding tokens" if not math.isnan(tok) else ""
+            out.append(f"{sys_name}: the largest mean batch, {float(r['mean_batch_size']):.1f}, is at {where}{mem}.")
+    return out
