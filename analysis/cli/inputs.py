@@ -51,7 +51,10 @@ def fit_to_workload(exp: Any, fixed: frozenset[str], o: Console) -> tuple[Any, A
     """(experiment, specs, load stats): the workload built once, the defaults fitted to it, notes printed."""
     from analysis import api
     from analysis.fit import fit_workload
+    from sim.config import resolve
 
+    for system in exp.systems:  # an impossible pool (too large, smaller than a block) fails before anything
+        resolve(exp.sim_config(system))
     specs, stats = api.build_workload(exp)
     fit = fit_workload(exp, specs, fixed)
     for note in (*fit.notes, *workload_notes(stats)):
