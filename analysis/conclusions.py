@@ -30,10 +30,16 @@ def _f(v: Any) -> float:
 
 def memory_sentence(row: pd.Series) -> str:
     """"contig-max: 18% of the KV memory in use holds tokens; 82% is waste (61% internal ...)"."""
-    tok = _f(row.get("token_states_of_used_pct"))
+    used = 100.0 - _f(row.get("free_pct"))
+
+    def of_used(cat: str) -> float:  # the *_of_used_pct column, or the pool share rescaled to the used part
+        v = _f(row.get(f"{cat}_of_used_pct"))
+        return v if not math.isnan(v) or not used > 0 else 100.0 * _f(row.get(f"{cat}_pct")) / used
+
+    tok = of_used("token_states")
     if math.isnan(tok):
         return ""
-    parts = sorted(((_f(row.get(f"{c}_of_used_pct")), what) for c, what in WASTE), reverse=True)
+    parts = sorted(((of_used(c), what) for c, what in WASTE), reverse=True)
     waste = [f"{v:.0f}% {what}" for v, what in parts if v >= 0.5]
     free = _f(row.get("free_pct"))
     tail = f"; {free:.0f}% of the pool stayed free" if not math.isnan(free) else ""
@@ -59,13 +65,37 @@ def conclusions(summary: pd.DataFrame, axes: tuple[str, ...] = ()) -> list[str]:
         lines += [x for x in (memory_sentence(r) for _, r in s.iterrows()) if x]
         lines += _speed_lines(s)
         for _, r in s.iterrows():
-            share = _f(r.get("sharing_savings_pct"))
-            if share > 0.05:
-                lines.append(f"{r['system']}: block sharing saved {share:.1f}% of the KV blocks.")
+            lines += _sharing_lines(r)
+    lines += _rejections(s, swept)
+    return lines
+
+
+def _sharing_lines(r: pd.Series) -> list[str]:
+    out = []
+    share = _f(r.get("sharing_savings_pct"))
+    if share > 0.05:
+        out.append(f"{r['system']}: blocks shared between running sequences saved {share:.1f}% of the KV memory.")
+    reused, fresh = _f(r.get("blocks_reused")), _f(r.get("blocks_allocated"))
+    if reused > 0 and fresh >= 0:
+        out.append(f"{r['system']}: {reused:,.0f} of {reused + fresh:,.0f} block allocations "
+                   f"({100 * reused / (reused + fresh):.1f}%) were served by the prefix cache or a fork "
+                   "instead of fresh memory.")
+    return out
+
+
+def _rejections(s: pd.DataFrame, swept: list[str]) -> list[str]:
+    """Rejection lines per row; rows with the same rejections share one line ("all 4 systems: ...")."""
+    by_text: dict[str, list[str]] = {}
     for _, r in s.iterrows():
         label = str(r["system"]) + "".join(f", {a}={r[a]}" for a in swept)
-        lines += rejection_lines(label, r)
-    return lines
+        for line in rejection_lines("\0", r):
+            by_text.setdefault(line, []).append(label)
+    out = []
+    for line, labels in by_text.items():
+        who = labels[0] if len(labels) == 1 else (
+            f"all {len(labels)} systems" if len(labels) == len(s) else ", ".join(labels))
+        out.append(line.replace("\0", who, 1))
+    return out
 
 
 def _batch_lines(s: pd.DataFrame) -> list[str]:

@@ -44,7 +44,8 @@ def test_compare_report_has_sections_and_embedded_pngs(tmp_path: Path) -> None:
     html_path, md_path = report.build_report(_compare_dir(tmp_path))
     p = _Sections()
     p.feed(html_path.read_text())
-    assert p.sections == ["overview", "memory-breakdown", "performance", "memory-over-time", "configuration"]
+    assert p.sections == ["conclusions", "memory-breakdown", "performance", "memory-over-time", "about",
+                          "configuration"]
     assert len(p.images) == 3 and not p.external
     for src in p.images:
         assert src.startswith("data:image/png;base64,")
@@ -52,6 +53,11 @@ def test_compare_report_has_sections_and_embedded_pngs(tmp_path: Path) -> None:
     assert "opt-13b on a100-40gb, sharegpt-like synthetic, 20 requests" in html_path.read_text()
     md = md_path.read_text()
     assert "## Where the KV-cache memory goes" in md and "| system |" in md
+    # The answer first, in words; human column names; the configuration as the TOML that reruns it.
+    assert md.index("## In short") < md.index("## Where the KV-cache memory goes")
+    assert "holds the most requests at once: mean batch" in md and "of the KV memory in use holds tokens" in md
+    assert "| output tokens/s |" in md and "throughput_tps" not in md and "mean_batch_size" not in md
+    assert "```toml" in md and 'model = "opt-13b"' in md and '"model": "opt-13b"' not in md
     assert "](plots/memory_breakdown.png)" in md and (tmp_path / "plots" / "memory_breakdown.svg").is_file()
 
 
@@ -66,7 +72,7 @@ def test_sweep_report_has_sweep_figures_and_failed_points(tmp_path: Path) -> Non
     p.feed(html_path.read_text())
     assert "sweep" in p.sections
     text = html_path.read_text()
-    assert "3 points finished, 1 failed." in text and "failed on purpose" in text
+    assert "3 points over" in text and "2 finished, 1 failed." in text and "failed on purpose" in text
     assert (tmp_path / "plots" / "block_size_sweep.png").is_file()
 
 
