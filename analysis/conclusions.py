@@ -125,12 +125,24 @@ def _speed_lines(s: pd.DataFrame) -> list[str]:
 
 
 def _sweep_lines(s: pd.DataFrame, swept: list[str]) -> list[str]:
+    """Per plotted series (paged, max, ...): where its mean batch is largest and smallest over the grid."""
     out = []
-    for sys_name, g in s.groupby("system", sort=False):
-        if "mean_batch_size" in g.columns and g["mean_batch_size"].notna().any():
-            r = g.loc[g["mean_batch_size"].astype(float).idxmax()]
-            where = ", ".join(f"{a}={r[a]}" for a in swept)
-            tok = _f(r.get("token_states_of_used_pct"))
-            mem = f", {tok:.0f}% of the used memory holding tokens" if not math.isnan(tok) else ""
-            out.append(f"{sys_name}: the largest mean batch, {float(r['mean_batch_size']):.1f}, is at {where}{mem}.")
+    key = "series" if "series" in s.columns else "system"
+    for name, g in s.groupby(key, sort=False):
+        if "mean_batch_size" not in g.columns or not g["mean_batch_size"].notna().any():
+            continue
+        b = g["mean_batch_size"].astype(float)
+        hi, lo = g.loc[b.idxmax()], g.loc[b.idxmin()]
+
+        def where(r: pd.Series) -> str:
+            return ", ".join(f"{a}={r[a]:g}" if isinstance(r[a], float) else f"{a}={r[a]}"
+                             for a in swept if not (a == "block_size" and not r[a]))
+
+        tok = _f(hi.get("token_states_of_used_pct"))
+        mem = not math.isnan(tok)
+        line = f"{name}: the largest mean batch, {float(hi['mean_batch_size']):.1f}, is at {where(hi) or 'every point'}"
+        line += f" ({tok:.0f}% of the used memory holds tokens there)" if mem else ""
+        if len(g) > 1 and where(lo) != where(hi):
+            line += f"; the smallest, {float(lo['mean_batch_size']):.1f}, at {where(lo)}"
+        out.append(line + ".")
     return out

@@ -24,6 +24,7 @@ USED_PCT_COLUMNS = tuple(f"{c}_of_used_pct" for c in MEMORY_CATEGORIES if c != "
 
 # summary column -> (compact header, wide header)
 HEADERS: dict[str, tuple[str, str]] = {
+    "block_size": ("block", "block size"), "rate": ("rate", "rate req/s"), "kv_budget_gb": ("KV GiB", "KV budget GiB"),
     "token_states_pct": ("tokens", "token states %"), "reserved_pct": ("reserved", "reserved %"),
     "internal_frag_pct": ("internal", "internal frag %"), "speculative_pct": ("spec.", "speculative %"),
     "external_frag_pct": ("external", "external frag %"), "free_pct": ("free", "free %"),
@@ -33,7 +34,7 @@ HEADERS: dict[str, tuple[str, str]] = {
     "num_preemptions": ("preempt", "preemptions"), "num_rejected": ("rejected", "rejected"),
     "sharing_savings_pct": ("shared %", "sharing saved %"),
     "mean_free_slots": ("free slots", "free slots (mean)"), "min_free_slots": ("min free", "free slots (min)"),
-    "mean_free_blocks": ("free blk", "free blocks (mean)"), "min_free_blocks": ("min free blk", "free blocks (min)"),
+    "mean_free_blocks": ("free blocks", "free blocks (mean)"), "min_free_blocks": ("min free", "free blocks (min)"),
     "alloc_rate_blocks_per_s": ("allocs/s", "allocs/s"), "reuse_rate": ("reuse", "reuse"),
     "mean_refs_2": ("refs=2", "refs=2"), "mean_refs_3_4": ("refs 3-4", "refs 3-4"),
     "mean_refs_5_8": ("refs 5-8", "refs 5-8"), "mean_refs_gt8": ("refs>8", "refs>8"),
