@@ -70,7 +70,7 @@ def fit_workload(exp: Experiment, specs: Sequence[RequestSpec], fixed: Collectio
         return Fit(exp)
     models = [exp.model] if "model" in fixed else [m for m in dict.fromkeys((exp.model, *FIT_MODELS))]
     gpus = [exp.gpu] if "gpu" in fixed or "pool" in fixed else list(dict.fromkeys((exp.gpu, *FIT_GPUS)))
-    raise_len = "max_model_len" not in fixed
+    raise_len = not {"max_model_len", "model"} & set(fixed)  # a chosen model keeps its own context
     step = CONTEXT_STEP
     needed = -(-length // step) * step
     # First a preset context that covers the trace, then (no preset covers it) a raised max_model_len.

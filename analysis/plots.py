@@ -212,7 +212,8 @@ def plot_latency_cdf(requests: pd.DataFrame, stem: Path, title: str = "",
         ax.set_ylabel("fraction of requests")
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
-    axes[-1].legend(fontsize=8, frameon=False)
+    if axes[-1].get_legend_handles_labels()[0]:  # no finished request (all rejected): no lines, no legend
+        axes[-1].legend(fontsize=8, frameon=False)
     fig.suptitle(title or "Latency CDFs", fontsize=10)
     return save_figure(fig, stem)
 

@@ -86,3 +86,30 @@ def test_markdown_table_escapes_pipes() -> None:
 
     t = report.markdown_table(pd.DataFrame({"a|b": [1.23456789], "c": ["x|y"]}))
     assert t.splitlines() == ["| a\\|b | c |", "|---|---|", "| 1.235 | x\\|y |"]
+
+
+@pytest.mark.parametrize(("sampling", "panels"), [("greedy", ["1", "2"]), ("n=2", ["1", "2", "3", "4"])])
+def test_allocator_figure_drops_empty_panels_and_counts_token_slots(sampling: str, panels: list[str],
+                                                                   tmp_path: Path) -> None:
+    import re
+
+    from analysis import api
+
+    api.run(api.experiment(num_requests=30, systems=["paged", "max"], sampling=sampling), tmp_path)
+    svg = (tmp_path / "plots" / "allocator_monitor.svg").read_text()
+    # No sharing (greedy): the reuse and ref-count panels would be all zeros, so they are left out.
+    assert sorted(set(re.findall(r'id="axes_(\d+)"', svg))) == panels
+    bundle = results_io.load_results(tmp_path)
+    # Allocation rates are drawn in token slots: a paged block counts its 16 slots, a contiguous unit one.
+    assert report._slots_per_block(bundle.summary) == {"paged-16": 16, "contig-max": 1}
+
+
+def test_sweep_figures_name_the_slice_they_show() -> None:
+    import pandas as pd
+
+    pts = pd.DataFrame({"system": ["paged-8", "paged-8", "paged-32", "paged-32", "contig-max", "contig-max"],
+                        "block_size": [8, 8, 32, 32, 0, 0], "rate": [2.0, 8.0, 2.0, 8.0, 2.0, 8.0]})
+    rows, at = report._fixed_others(pts, "block_size", ["system", "block_size", "rate"])
+    assert at == " at rate=2" and rows["rate"].tolist() == [2.0, 2.0, 2.0]
+    rows, at = report._fixed_others(pts, "rate", ["system", "block_size", "rate"])
+    assert at == " at block_size=8" and sorted(rows["system"].unique()) == ["contig-max", "paged-8"]
