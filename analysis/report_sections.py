@@ -105,7 +105,9 @@ def _allocator(s: pd.DataFrame, keys: list[str], figs: dict[str, Path]) -> list[
     mon = [c for c in MONITOR_COLUMNS if c in s.columns]
     if "allocator_monitor" not in figs and len(mon) < 2:
         return []
-    tables: tuple[pd.DataFrame, ...] = (_cols(s, keys, MONITOR_COLUMNS),) if len(mon) >= 2 else ()
+    nonzero = tuple(c for c in MONITOR_COLUMNS if c in ("monitor_unit", "pool_blocks", "mean_free_blocks")
+                    or (c in s.columns and not (pd.to_numeric(s[c], errors="coerce").fillna(0) == 0).all()))
+    tables: tuple[pd.DataFrame, ...] = (_cols(s, keys, nonzero),) if len(mon) >= 2 else ()
     if "swap_out_blocks" in s.columns and (s["swap_out_blocks"].fillna(0) > 0).any():
         tables += (_cols(s, keys, SWAP_COLUMNS),)
     return [Section(
@@ -115,7 +117,8 @@ def _allocator(s: pd.DataFrame, keys: list[str], figs: dict[str, Path]) -> list[
         "allocation rates to token slots for all). Free units (time-weighted mean and minimum), fresh "
         "allocations and reuses (prefix-cache hits and forks), the used units by reference count, "
         "copy-on-write copies and blocks released by the sliding window; when anything was swapped, bytes "
-        "and PCIe time each way. The per-sample series are runs/<system>/monitor.parquet.",
+        "and PCIe time each way. Columns that are zero for every system are left out; the per-sample series "
+        "are runs/<system>/monitor.parquet.",
         tables, tuple(figs[k] for k in ("allocator_monitor",) if k in figs))]
 
 

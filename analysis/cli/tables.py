@@ -107,11 +107,12 @@ def print_summary(out: Console, df: pd.DataFrame, title: str, axes: tuple[str, .
     if "status" in df.columns:
         df = df[df["status"] == "ok"]
     lead = ["system", *[a for a in axes if a != "system"]]
-    out.print(table(df, [*lead, *BREAKDOWN_PCT_COLUMNS], f"KV-cache memory breakdown, % of the pool (time-weighted): {title}", wide,
+    head = "KV-cache memory breakdown, % of the pool (time-weighted)" + (f": {title}" if wide else "")
+    out.print(table(df, [*lead, *BREAKDOWN_PCT_COLUMNS], head, wide,
                     "the six add up to 100%"))
     if all(c in df.columns for c in USED_PCT_COLUMNS):
         out.print(table(df, [*lead, *USED_PCT_COLUMNS], "KV memory in use, % (the vLLM paper's Fig. 2)", wide,
-                        "tokens + reserved + internal + speculative + external = 100% of the slots in use"))
+                        "the five add up to 100% of the memory in use"))
     perf = list(PERF_COLUMNS) if wide else [c for c in PERF_COLUMNS if c in _informative(df, (c,))
                                             or c in ("throughput_rps", "throughput_tps", "mean_batch_size",
                                                      "mean_ttft_s", "mean_tpot_s")]
@@ -122,7 +123,7 @@ def print_summary(out: Console, df: pd.DataFrame, title: str, axes: tuple[str, .
         paged = df[df.get("block_size", pd.Series(0, index=df.index)).fillna(0) > 0] if not wide else df
         if not paged.empty:
             out.print(table(paged, [*lead, *mon_cols], "Allocator monitor (run totals" + (
-                "; contiguous caches count 1-slot blocks)" if wide else ", paged systems; --wide for all)"), wide))
+                "; contiguous caches count 1-slot blocks)" if wide else ", paged; --wide: all)"), wide))
     lat = sorted({str(v) for v in df.get("latency_model", pd.Series(dtype=object)).dropna()})
     if lat:
         out.print(f"latency model: {', '.join(lat)}")
