@@ -148,7 +148,9 @@ def _simulate(cmd: str, exp: Any, out: Path, csv: bool, op_log: bool, plots: boo
     t0 = time.perf_counter()
 
     def done(r: SimResult) -> None:
-        err.print(f"  {r.system}: {len(r.requests)} requests, {len(r.steps)} steps ({progress.elapsed(t0)})",
+        rejected = sum(q.status == "rejected" for q in r.requests)
+        err.print(f"  {r.system}: {len(r.requests)} requests, {len(r.steps)} steps"
+                  + (f", {rejected} REJECTED (see below)" if rejected else "") + f" ({progress.elapsed(t0)})",
                   markup=False, highlight=False)
 
     with progress.progress(err) as start:

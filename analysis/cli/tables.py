@@ -137,8 +137,12 @@ def print_summary(out: Console, df: pd.DataFrame, title: str, axes: tuple[str, .
 
 
 def print_conclusions(out: Console, lines: list[str]) -> None:
-    """The findings in plain words, after the tables ("In short:" and one bullet per line)."""
+    """The findings in plain words, after the tables ("In short:" and one bullet per line, wrapped with
+    a hanging indent to the console width)."""
+    import textwrap
+
     if lines:
         out.print("In short:", style="bold")
         for line in lines:
-            out.print(f"- {line}", markup=False, highlight=False)
+            out.print(textwrap.fill(line, width=max(40, out.width - 1), initial_indent="- ", subsequent_indent="  "),
+                      markup=False, highlight=False)
