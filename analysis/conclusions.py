@@ -106,6 +106,9 @@ def _batch_lines(s: pd.DataFrame) -> list[str]:
     others = [(str(k), v) for k, v in b.items() if k != best and v > 0]
     if not others:
         return []
+    if b[best] < 1.05 * min(v for _, v in others):  # within 5%: memory did not limit the batch
+        return [f"All systems ran about as many requests at once (mean batch {b.min():.1f}-{b.max():.1f}): "
+                "the KV pool did not limit the batch on this workload."]
     ratios = ", ".join(f"{v and b[best] / v:.1f}x {k} ({v:.1f})" for k, v in others)
     return [f"{best} holds the most requests at once: mean batch {b[best]:.1f}, that is {ratios}."]
 

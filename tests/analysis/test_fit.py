@@ -88,3 +88,9 @@ def test_conclusions_name_the_ratio_and_where_memory_goes() -> None:
     assert ("contig-max: 21% of the KV memory in use holds tokens, 79% is waste (63% internal fragmentation, "
             "11% reserved for later tokens, 5% external fragmentation); 5% of the pool stayed free.") in lines
     assert "Throughput: paged-16 800, contig-max 300 output tokens/s." in lines
+
+
+def test_conclusions_say_when_memory_was_not_the_limit() -> None:
+    s = pd.DataFrame([{"system": "paged-16", "mean_batch_size": 6.1}, {"system": "contig-max", "mean_batch_size": 6.05}])
+    assert conclusions(s) == ["All systems ran about as many requests at once (mean batch 6.0-6.1): the KV pool "
+                              "did not limit the batch on this workload."]
