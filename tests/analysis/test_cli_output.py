@@ -140,3 +140,15 @@ def test_progress_bar_on_a_terminal_reads_the_running_engine() -> None:
     with progress.progress(Console(file=quiet, force_terminal=False)) as start:  # captured stderr: no bar
         assert start("x", object())() is None
     assert quiet.getvalue() == ""
+
+
+def test_a_trace_sweep_fits_its_base_experiment_too(tmp_path: Path) -> None:
+    trace = tmp_path / "long.csv"
+    trace.write_text("arrival_time,prompt_len,output_len\n" + "".join(f"{i * 0.5},{2900 + i},100\n" for i in range(6)))
+    code, stdout, err = cli("sweep", "--trace", str(trace), "--rates", "2,4", "--systems", "paged", "--out",
+                            str(tmp_path / "s"), "--executor", "serial", "--no-progress", "--no-report")
+    assert code == 0, err
+    assert "using --model llama-2-13b" in " ".join(stdout.split())  # the first preset whose context holds 3005
+    s = pd.read_csv(tmp_path / "s" / "summary.csv")
+    assert len(s) == 2 and (s["num_rejected"] == 0).all() and (s["num_finished"] == 6).all()
+    assert 'model = "llama-2-13b"' in (tmp_path / "s" / "config.toml").read_text()
