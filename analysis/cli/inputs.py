@@ -57,6 +57,9 @@ def fit_to_workload(exp: Any, fixed: frozenset[str], o: Console) -> tuple[Any, A
         resolve(exp.sim_config(system))
     specs, stats = api.build_workload(exp)
     fit = fit_workload(exp, specs, fixed)
+    if fit.experiment is not exp and exp.workload.trace is None:
+        # Synthetic outputs are cut to the context: rebuild with the fitted one, as a rerun of config.toml will.
+        specs, stats = api.build_workload(fit.experiment)
     for note in (*fit.notes, *workload_notes(stats)):
         o.print(f"note: {note}", markup=False, highlight=False)
     return fit.experiment, specs, stats

@@ -152,3 +152,15 @@ def test_a_trace_sweep_fits_its_base_experiment_too(tmp_path: Path) -> None:
     s = pd.read_csv(tmp_path / "s" / "summary.csv")
     assert len(s) == 2 and (s["num_rejected"] == 0).all() and (s["num_finished"] == 6).all()
     assert 'model = "llama-2-13b"' in (tmp_path / "s" / "config.toml").read_text()
+
+
+def test_synthetic_prompts_beyond_the_context_get_a_fitted_model_and_a_rerunnable_config(tmp_path: Path) -> None:
+    args = ["-n", "10", "--prompt-len", "fixed:3000", "--output-len", "fixed:3000", "--no-plots"]
+    code, stdout, err = cli("run", *args, "--out", str(tmp_path / "a"))
+    assert code == 0, err
+    assert "using --model llama-3-8b" in " ".join(stdout.split())  # 6000 tokens: Llama-2's 4096 is too short
+    code, _, err = cli("run", "--config", str(tmp_path / "a" / "config.toml"), "--out", str(tmp_path / "b"),
+                       "--no-plots")
+    assert code == 0, err
+    a, b = (pd.read_csv(tmp_path / d / "summary.csv") for d in ("a", "b"))
+    assert a.loc[0, "num_rejected"] == 0 and a.loc[0, "throughput_tps"] == b.loc[0, "throughput_tps"]
