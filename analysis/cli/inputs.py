@@ -10,6 +10,8 @@ from typing import Any
 import tomllib
 from rich.console import Console
 
+from analysis.cli.tables import wrap
+
 #: Options that only shape a synthetic workload: given with a trace they would be ignored, so refused.
 SYNTHETIC_ONLY: dict[str, str] = {"preset": "--preset", "prompt_len": "--prompt-len", "output_len": "--output-len"}
 #: CLI option -> the analysis.fit setting it fixes.
@@ -61,7 +63,7 @@ def fit_to_workload(exp: Any, fixed: frozenset[str], o: Console) -> tuple[Any, A
         # Synthetic outputs are cut to the context: rebuild with the fitted one, as a rerun of config.toml will.
         specs, stats = api.build_workload(fit.experiment)
     for note in (*fit.notes, *workload_notes(stats)):
-        o.print(f"note: {note}", markup=False, highlight=False)
+        o.print(wrap(f"note: {note}", o), markup=False, highlight=False)
     return fit.experiment, specs, stats
 
 

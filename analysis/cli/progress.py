@@ -25,12 +25,17 @@ def pool_lines(exp: Any) -> list[str]:
         cfg = exp.sim_config(system)
         res = resolve(cfg)
         gib = res.capacity_tokens * res.kv_bytes_per_token / (1 << 30)
-        pool = (f"{res.capacity_tokens:,} token slots = {gib:.1f} GiB ({exp.model} {exp.kv_dtype}: "
+        pool = (f"KV pool: {res.capacity_tokens:,} token slots = {gib:.1f} GiB ({exp.model} {exp.kv_dtype}, "
                 f"{res.kv_bytes_per_token / 1024:.0f} KiB/token; max_model_len {res.max_model_len:,})")
-        label = system_label(cfg.cache)
-        pools.setdefault(pool, []).append(f"{label} {res.num_blocks:,} blocks of {res.block_size}"
-                                          if res.block_size else label)
-    return [f"KV pool: {pool}: {', '.join(v)}" for pool, v in pools.items()]
+        pools.setdefault(pool, []).append((system_label(cfg.cache), res.num_blocks, res.block_size))
+    out = []
+    for pool, systems in pools.items():
+        out.append(pool)
+        out += [f"  {label}: {n:,} blocks of {b} tokens" for label, n, b in systems if b]
+        contig = [label for label, _, b in systems if not b]
+        if contig:
+            out.append(f"  {', '.join(contig)}: one contiguous extent per request")
+    return out
 
 
 @contextlib.contextmanager

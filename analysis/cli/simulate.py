@@ -142,9 +142,8 @@ def _simulate(cmd: str, exp: Any, out: Path, csv: bool, op_log: bool, plots: boo
     check_out_dir(out)
     o, err = tables.consoles(wide)
     exp, specs, _stats = inputs.fit_to_workload(exp, fixed, o)
-    o.print(f"{cmd}: {', '.join(exp.systems)} on {exp.title()}", markup=False, highlight=False)
-    for line in progress.pool_lines(exp):
-        o.print(line, markup=False, highlight=False)
+    for line in (f"{cmd}: {', '.join(exp.systems)} on {exp.title()}", *progress.pool_lines(exp)):
+        o.print(tables.wrap(line, o), markup=False, highlight=False)
     t0 = time.perf_counter()
 
     def done(r: SimResult) -> None:

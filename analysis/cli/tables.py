@@ -123,7 +123,7 @@ def print_summary(out: Console, df: pd.DataFrame, title: str, axes: tuple[str, .
         paged = df[df.get("block_size", pd.Series(0, index=df.index)).fillna(0) > 0] if not wide else df
         if not paged.empty:
             out.print(table(paged, [*lead, *mon_cols], "Allocator monitor (run totals" + (
-                "; contiguous caches count 1-slot blocks)" if wide else ", paged; --wide: all)"), wide))
+                "; contiguous caches count 1-slot blocks)" if wide else ", paged caches)"), wide))
     lat = sorted({str(v) for v in df.get("latency_model", pd.Series(dtype=object)).dropna()})
     if lat:
         out.print(f"latency model: {', '.join(lat)}")
@@ -136,13 +136,18 @@ def print_summary(out: Console, df: pd.DataFrame, title: str, axes: tuple[str, .
             out.print(f"{what}: {', '.join(vals)}")
 
 
-def print_conclusions(out: Console, lines: list[str]) -> None:
-    """The findings in plain words, after the tables ("In short:" and one bullet per line, wrapped with
-    a hanging indent to the console width)."""
+def wrap(line: str, out: Console, first: str = "") -> str:
+    """`first` + `line` wrapped to the console width with a hanging indent (continuations under the text)."""
     import textwrap
 
+    lead = len(line) - len(line.lstrip(" "))
+    return textwrap.fill(line.strip(), width=max(40, out.width - 1), initial_indent=first + " " * lead,
+                         subsequent_indent=" " * (lead + (len(first) or 2)))
+
+
+def print_conclusions(out: Console, lines: list[str]) -> None:
+    """The findings in plain words, after the tables ("In short:" and one bullet per line)."""
     if lines:
         out.print("In short:", style="bold")
         for line in lines:
-            out.print(textwrap.fill(line, width=max(40, out.width - 1), initial_indent="- ", subsequent_indent="  "),
-                      markup=False, highlight=False)
+            out.print(wrap(line, out, "- "), markup=False, highlight=False)
