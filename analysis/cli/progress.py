@@ -20,7 +20,7 @@ def pool_lines(exp: Any) -> list[str]:
     """The KV pool of each system: token slots, GiB and (paged) blocks; systems sharing a pool share a line."""
     from sim.config import resolve, system_label
 
-    pools: dict[str, list[str]] = {}
+    pools: dict[str, list[tuple[str, int, int]]] = {}
     for system in exp.systems:
         cfg = exp.sim_config(system)
         res = resolve(cfg)
