@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
@@ -27,6 +27,9 @@ from analysis.sweep import SweepOutcome, expand_grid, point_id, run_sweep
 from sim.config import PagedCacheSpec
 from sim.records.results import SimResult
 from sim.request import RequestSpec
+
+#: on_start(system, engine) -> stop(): a hook around each engine run (the CLI's progress bar).
+OnStart = Callable[[str, Any], Callable[[], None]]
 
 #: Sweep axes with a CLI shortcut, and what each one means.
 SWEEP_AXES: dict[str, str] = {
@@ -77,8 +80,9 @@ def build_workload(exp: Experiment) -> tuple[list[RequestSpec], dict[str, Any]]:
         if wl.sampling is not None:
             cfg = replace(cfg, sampling=parse_sampling(wl.sampling))
         n = wl.num_requests or 1
-        specs = synthetic.generate(cfg, n, wl.rate, rng)
-        return specs, {"source": "synthetic", "preset": wl.preset, "num_requests": len(specs)}
+        specs, clipped = fit_synthetic(synthetic.generate(cfg, n, wl.rate, rng), exp)
+        return specs, {"source": "synthetic", "preset": wl.preset, "num_requests": len(specs),
+                       "clipped_to_max_model_len": clipped}
 
     from workloads.loader import TRACE_FORMATS, load_trace, sniff_format
 
@@ -95,33 +99,64 @@ def build_workload(exp: Experiment) -> tuple[list[RequestSpec], dict[str, Any]]:
     return specs, {"source": "trace", "format": fmt, **res.stats}
 
 
+def fit_synthetic(specs: list[RequestSpec], exp: Experiment) -> tuple[list[RequestSpec], int]:
+    """Synthetic requests cut to the model's context: an output that would run past max_model_len ends
+    there (as vLLM's benchmarks keep ShareGPT pairs within the context); returns (specs, how many were cut).
+
+    A generated length is an assumption, not data: dropping or rejecting such a request would only
+    shrink the workload. Trace requests are never cut here (the run rejects them, counted and loud).
+    """
+    from sim.presets import get_model
+
+    mml = exp.max_model_len if exp.max_model_len is not None else get_model(exp.model).max_model_len
+    out, cut = [], 0
+    for s in specs:
+        if s.prompt_len + s.output_len > mml and s.prompt_len < mml:
+            s, cut = replace(s, output_len=mml - s.prompt_len), cut + 1
+        out.append(s)
+    return out, cut
+
+
 def simulate_system(exp: Experiment, system: str, specs: Sequence[RequestSpec],
-                    op_log: IO[str] | None = None) -> SimResult:
-    """Run one system of `exp` on `specs` (engine randomness seeded from (seed, 1))."""
-    from sim.engine import simulate
+                    op_log: IO[str] | None = None, on_start: OnStart | None = None) -> SimResult:
+    """Run one system of `exp` on `specs` (engine randomness seeded from (seed, 1)).
+
+    on_start(system, engine) -> stop: called before the engine runs (a progress display reads the
+    engine's arrival count and clock); `stop()` is called when it has finished or failed.
+    """
+    from sim.engine import Engine
 
     sink = None
     if op_log is not None:
         def sink(op: dict[str, Any]) -> None:
             op_log.write(json.dumps(op, separators=(",", ":")) + "\n")
-    return simulate(list(specs), exp.sim_config(system), rng=np.random.default_rng([exp.seed, 1]), op_sink=sink)
+    engine = Engine(list(specs), exp.sim_config(system), rng=np.random.default_rng([exp.seed, 1]), op_sink=sink)
+    stop = on_start(system, engine) if on_start is not None else None
+    try:
+        return engine.run()
+    finally:
+        if stop is not None:
+            stop()
 
 
 def run(base: Experiment | Mapping[str, Any] | str | Path | None = None, out: str | Path | None = None, *,
         csv: bool = False, op_log: bool = False, plots: bool = True, on_result: Any = None,
-        metrics_format: str = "none", **overrides: Any) -> pd.DataFrame:
+        metrics_format: str = "none", on_start: OnStart | None = None,
+        specs: Sequence[RequestSpec] | None = None, **overrides: Any) -> pd.DataFrame:
     """Run every system of the experiment on one workload; returns the summary (one row per system).
 
     With `out`, writes the results directory (see analysis.results_io): per-system records,
     summary.csv/.parquet, config.toml/.json, op logs (`op_log`), plots (`plots`), and the run totals
     as Prometheus text (`metrics_format="prometheus"`: metrics.prom, see analysis.prometheus).
-    `on_result(result)` is called after each system (the CLI prints progress with it).
+    `on_result(result)` is called after each system (the CLI prints progress with it), `on_start`
+    before (see simulate_system). specs: the workload, when the caller built it (else built here).
     """
     from analysis.prometheus import check_format, write_metrics
 
     check_format(metrics_format)
     exp = experiment(base, **overrides)
-    specs, _stats = build_workload(exp)
+    if specs is None:
+        specs, _stats = build_workload(exp)
     out_dir = Path(out) if out is not None else None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -132,9 +167,9 @@ def run(base: Experiment | Mapping[str, Any] | str | Path | None = None, out: st
             d = out_dir / results_io.RUNS_DIR / results_io.slug(exp.sim_config(system).to_dict()["system"])
             d.mkdir(parents=True, exist_ok=True)
             with open(d / "ops.jsonl", "w", encoding="utf-8") as f:
-                result = simulate_system(exp, system, specs, f)
+                result = simulate_system(exp, system, specs, f, on_start)
         else:
-            result = simulate_system(exp, system, specs)
+            result = simulate_system(exp, system, specs, on_start=on_start)
         row = summary_row(result)
         row.update(sampling_columns(exp.workload.sampling))
         rows.append(row)

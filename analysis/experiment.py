@@ -151,6 +151,8 @@ class Experiment:
             raise _bad("kv_budget_gb", "GiB > 0", self.kv_budget_gb)
         if self.kv_budget_gb is not None and self.kv_capacity_tokens is not None:
             raise ConfigError("kv_budget_gb and kv_capacity_tokens both given: choose one")
+        if self.kv_budget_gb is not None:
+            self._check_budget_fits_gpu()
         if not is_int(self.seed) or self.seed < 0:
             raise _bad("seed", "integer >= 0", self.seed)
         if self.latency is not None and not Path(self.latency).is_file():
@@ -158,6 +160,24 @@ class Experiment:
                               "from `pagesim calibrate`, or omit for the roofline model)")
         for s in self.systems:  # SimConfig validates the remaining fields
             self.sim_config(s)
+
+    def _check_budget_fits_gpu(self) -> None:
+        """A KV budget larger than what the model's weights leave of the GPU's whole memory is refused:
+        the pool could not exist (a hypothetical larger pool is kv_capacity_tokens, bounded separately)."""
+        from sim.presets import get_gpu, get_model, kv_capacity_tokens
+        from sim.request import SpecError
+
+        model, gpu = get_model(self.model), get_gpu(self.gpu)
+        try:
+            slots = kv_capacity_tokens(model, gpu, gpu_memory_utilization=1.0, kv_dtype=self.kv_dtype)
+        except SpecError:
+            return  # the model does not fit at all: SimConfig validation says so with its own message
+        most = slots * model.kv_bytes_per_token(self.kv_dtype) / (1 << 30)
+        assert self.kv_budget_gb is not None
+        if self.kv_budget_gb > most:
+            raise _bad("kv_budget_gb", f"0 < GiB <= {most:.1f}, what {self.model}'s weights leave of "
+                       f"{self.gpu}'s {gpu.memory_bytes / (1 << 30):.0f} GiB; a larger --gpu, or kv_capacity_tokens "
+                       "for a hypothetical pool", self.kv_budget_gb)
 
     def cache_spec(self, system: str) -> CacheSpec:
         """The cache spec of a system name (see module docstring); ConfigError for an unknown name."""

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from analysis.rejections import rejection_kinds
 from sim.records.results import (
     MEMORY_CATEGORIES,
     SUMMARY_KEYS,
@@ -130,6 +131,7 @@ def run_extras(result: SimResult) -> dict[str, float]:
         "num_finished": float(statuses.count("finished")),
         "num_rejected": float(statuses.count("rejected")),
         "num_aborted": float(statuses.count("aborted")),
+        **{k: float(v) for k, v in rejection_kinds(result.requests).items()},
     }
 
 

@@ -9,7 +9,7 @@ sharing savings vs n / beam width, the allocator monitor.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -212,7 +212,8 @@ def plot_latency_cdf(requests: pd.DataFrame, stem: Path, title: str = "",
         ax.set_ylabel("fraction of requests")
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
-    axes[-1].legend(fontsize=8, frameon=False)
+    if axes[-1].get_legend_handles_labels()[0]:  # no finished request (all rejected): no lines, no legend
+        axes[-1].legend(fontsize=8, frameon=False)
     fig.suptitle(title or "Latency CDFs", fontsize=10)
     return save_figure(fig, stem)
 
@@ -248,17 +249,25 @@ def _binned(g: pd.DataFrame, cols: Sequence[str], bins: int) -> tuple[np.ndarray
     return edges, incs, np.diff(edges)
 
 
-def plot_allocator_monitor(monitor: pd.DataFrame, stem: Path, title: str = "", bins: int = 60) -> list[Path]:
-    """The allocator's monitoring metrics, one line (or bar) per system: KV memory in use (GiB) and
-    allocation rate (blocks/s) over time, the share of allocations served by reuse (prefix-cache hits,
-    forks) over time, and the time-weighted ref-count histogram of the used blocks. Rates are binned
-    over `bins` equal time intervals (per-step rates are too noisy to read). Contiguous caches count
-    1-slot blocks."""
+def plot_allocator_monitor(monitor: pd.DataFrame, stem: Path, title: str = "", bins: int = 60,
+                           slots_per_block: Mapping[str, int] | None = None) -> list[Path]:
+    """The allocator's monitoring metrics, one line (or bar) per system: KV memory in use (GiB) and the
+    allocation rate over time in token slots/s (a paged block counts its `slots_per_block[system]`
+    slots, a contiguous cache's unit is one slot, so paged and contiguous compare like with like), and,
+    when any block was shared or reused, the share of allocations served by reuse (prefix-cache hits,
+    forks) over time and the time-weighted ref-count histogram of the used blocks. Panels with nothing
+    to show are left out and the title says so. Rates are binned over `bins` equal time intervals."""
     _need(monitor, ["system", "time_s", "kv_bytes_used", "blocks_allocated_total", "blocks_reused_total",
                     *REFCOUNT_COLUMNS], "allocator monitor plot")
     systems = list(dict.fromkeys(monitor["system"].astype(str)))
-    fig = Figure(figsize=(11.0, 6.4), layout="constrained")
-    (a1, a2), (a3, a4) = fig.subplots(2, 2)
+    unit = {sy: int((slots_per_block or {}).get(sy, 1) or 1) for sy in systems}
+    shared = bool((monitor["blocks_reused_total"].fillna(0) > 0).any()
+                  or (monitor[list(REFCOUNT_COLUMNS[1:])].fillna(0) > 0).any().any())
+    fig = Figure(figsize=(11.0, 6.4 if shared else 3.6), layout="constrained")
+    if shared:
+        (a1, a2), (a3, a4) = fig.subplots(2, 2)
+    else:
+        a1, a2 = fig.subplots(1, 2)
     hist = np.zeros((len(systems), len(REFCOUNT_COLUMNS)))
     for i, system in enumerate(systems):
         g = monitor[monitor["system"].astype(str) == system].sort_values("time_s")
@@ -266,20 +275,34 @@ def plot_allocator_monitor(monitor: pd.DataFrame, stem: Path, title: str = "", b
         a1.step(t, g["kv_bytes_used"].to_numpy(dtype=float) / 2**30, where="post", label=system, lw=1)
         edges, (da, dr), width = _binned(g, ["blocks_allocated_total", "blocks_reused_total"], bins)
         mid = (edges[:-1] + edges[1:]) / 2
-        a2.plot(mid, da / width, lw=1, label=system)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            a3.plot(mid, np.where(da + dr > 0, 100.0 * dr / (da + dr), np.nan), lw=1, marker=".", ms=3, label=system)
+        a2.plot(mid, da * unit[system] / width, lw=1, label=system)
+        if shared:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                a3.plot(mid, np.where(da + dr > 0, 100.0 * dr / (da + dr), np.nan), lw=1, marker=".", ms=3,
+                        label=system)
         w = np.diff(np.append(t, t[-1])) if len(t) > 1 else np.ones(1)
         if w.sum() <= 0:
             w = np.ones_like(t)
         rows = g[list(REFCOUNT_COLUMNS)].to_numpy(dtype=float)
         hist[i] = (rows * w[:, None]).sum(axis=0) / w.sum()
     a1.set_ylabel("KV memory in use (GiB)")
-    a2.set_ylabel("allocation rate (blocks/s)")
-    a3.set_ylabel("allocations served by reuse (%)")
-    for ax in (a1, a2, a3):
+    a2.set_ylabel("allocation rate (token slots/s)")
+    for ax in (a1, a2):
         ax.set_xlabel("simulated time (s)")
         ax.grid(alpha=0.3)
+    a1.legend(fontsize=7, frameon=False)
+    if shared:
+        _reuse_panels(a3, a4, systems, hist)
+    note = "" if shared else " (no block was shared or reused: reuse and ref-count panels left out)"
+    fig.suptitle((title or "KV-cache allocator monitor") + note, fontsize=10)
+    return save_figure(fig, stem)
+
+
+def _reuse_panels(a3: Axes, a4: Axes, systems: list[str], hist: np.ndarray) -> None:
+    """Reuse share over time (already drawn on a3: axes only) and the ref-count histogram bars on a4."""
+    a3.set_ylabel("allocations served by reuse (%)")
+    a3.set_xlabel("simulated time (s)")
+    a3.grid(alpha=0.3)
     a3.set_ylim(-2, 102)
     used = hist.sum(axis=1, keepdims=True)
     share = np.divide(100.0 * hist, used, out=np.zeros_like(hist), where=used > 0)
@@ -293,6 +316,3 @@ def plot_allocator_monitor(monitor: pd.DataFrame, stem: Path, title: str = "", b
     a4.set_ylim(0, 100)
     a4.set_ylabel("used blocks by ref count (%, time-weighted)")
     a4.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    a1.legend(fontsize=7, frameon=False)
-    fig.suptitle(title or "KV-cache allocator monitor", fontsize=10)
-    return save_figure(fig, stem)

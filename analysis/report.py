@@ -11,10 +11,8 @@ import base64
 import contextlib
 import functools
 import html
-import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,35 +20,8 @@ import pandas as pd
 
 from analysis import plots
 from analysis.frames import BREAKDOWN_PCT_COLUMNS
+from analysis.report_sections import SWEEP_AXES, sections
 from analysis.results_io import PLOTS_DIR, SUMMARY_CSV, ResultsBundle, atomic_write_text, load_results
-
-PERF_COLUMNS: tuple[str, ...] = (
-    "system", "block_size", "num_requests", "throughput_rps", "throughput_tps", "mean_batch_size",
-    "mean_ttft_s", "mean_tpot_s", "mean_normalized_latency_s_per_token", "num_preemptions",
-    "sharing_savings_pct", "latency_model", "engine",
-)
-MONITOR_COLUMNS: tuple[str, ...] = (
-    "system", "kv_dtype", "sliding_window", "pool_blocks", "mean_free_blocks", "min_free_blocks",
-    "peak_kv_bytes_used", "blocks_allocated", "blocks_reused", "alloc_rate_blocks_per_s", "reuse_rate",
-    "mean_refs_1", "mean_refs_2", "mean_refs_3_4", "mean_refs_5_8", "mean_refs_gt8", "num_cows",
-    "window_released_blocks",
-)
-SWAP_COLUMNS: tuple[str, ...] = (
-    "system", "num_preemptions", "num_swap_fallbacks", "swap_out_blocks", "swap_in_blocks", "swap_out_bytes",
-    "swap_in_bytes", "swap_out_s", "swap_in_s", "swap_exposed_s", "swap_hidden_s", "num_prefetches",
-    "num_prefetch_hidden", "prefetch_hidden_pct",
-)
-
-
-@dataclass(slots=True)
-class Section:
-    """One report section: an anchor id, a heading, prose, tables and figures (PNG paths)."""
-
-    id: str
-    title: str
-    text: str = ""
-    tables: tuple[pd.DataFrame, ...] = ()
-    figures: tuple[Path, ...] = ()
 
 
 def title_from_config(config: dict[str, Any]) -> str:
@@ -101,32 +72,29 @@ def render_plots(bundle: ResultsBundle, title: str | None = None, reuse: bool = 
             bundle.memory, pdir / "memory_over_time", f"KV memory over time: {t}"))
     if not bundle.monitor.empty:
         attempt("allocator_monitor", lambda: plots.plot_allocator_monitor(
-            bundle.monitor, pdir / "allocator_monitor", f"KV-cache allocator monitor: {t}"))
+            bundle.monitor, pdir / "allocator_monitor", f"KV-cache allocator monitor: {t}",
+            slots_per_block=_slots_per_block(bundle.summary)))
     if not bundle.requests.empty:
         attempt("latency_cdf", lambda: plots.plot_latency_cdf(
             bundle.requests, pdir / "latency_cdf", f"Latency CDFs: {t}"))
     if not ok.empty:
         axes = _sweep_axes(bundle.config, ok)
         if "block_size" in axes:
+            bs, at = _fixed_others(ok, "block_size", axes)
             attempt("block_size_sweep", lambda: plots.plot_block_size_sweep(
-                _fixed_others(ok, "block_size", axes), pdir / "block_size_sweep", f"Block-size sweep: {t}"))
+                bs, pdir / "block_size_sweep", f"Block-size sweep{at}: {t}"))
         if "rate" in axes:
-            attempt("rate_sweep", lambda: plots.plot_rate_sweep(
-                _fixed_others(ok, "rate", axes), pdir / "rate_sweep", f"Rate sweep: {t}"))
+            rt, at_r = _fixed_others(ok, "rate", axes)
+            attempt("rate_sweep", lambda: plots.plot_rate_sweep(rt, pdir / "rate_sweep", f"Rate sweep{at_r}: {t}"))
         for x in ("n", "beam_width"):
             if _varies(ok, x):
+                sh, at_s = _fixed_others(ok, x, [a for a in axes if a != "sampling"])
                 attempt(f"sharing_{x}", functools.partial(
-                    plots.plot_sharing_savings, _fixed_others(ok, x, [a for a in axes if a != "sampling"]), pdir / f"sharing_{x}",
-                    f"Sharing savings: {t}", x=x))
+                    plots.plot_sharing_savings, sh, pdir / f"sharing_{x}", f"Sharing savings{at_s}: {t}", x=x))
         if _has_breakdown(ok):
             attempt("memory_breakdown", lambda: plots.plot_memory_breakdown(
                 _label_points(ok, axes), pdir / "memory_breakdown", f"KV memory breakdown per sweep point: {t}"))
     return out
-
-
-#: Columns that may be sweep axes, for tables and for sweeps whose config does not list its axes.
-SWEEP_AXES: tuple[str, ...] = ("system", "block_size", "rate", "kv_capacity_tokens", "kv_budget_gb",
-                               "sampling", "n", "beam_width")
 
 
 def _sweep_axes(config: dict[str, Any], ok: pd.DataFrame) -> list[str]:
@@ -141,12 +109,14 @@ def _varies(df: pd.DataFrame, col: str) -> bool:
     return col in df.columns and df[col].nunique(dropna=True) > 1
 
 
-def _fixed_others(df: pd.DataFrame, x: str, axes: list[str]) -> pd.DataFrame:
-    """Rows with the other axes (but system) at their first value: a line plot shows one axis at a time.
+def _fixed_others(df: pd.DataFrame, x: str, axes: list[str]) -> tuple[pd.DataFrame, str]:
+    """Rows with the other axes (but system) at their first value, and " at rate=1, ..." naming those
+    values for the figure's title: a line plot shows one axis at a time and says which slice it is.
 
     Rows without a block size (contiguous caches, block_size 0) are kept whatever the block-size axis.
     """
     keep = df
+    fixed = []
     for a in axes:
         if a in (x, "system") or a not in keep.columns or keep[a].nunique(dropna=True) <= 1:
             continue
@@ -154,8 +124,18 @@ def _fixed_others(df: pd.DataFrame, x: str, axes: list[str]) -> pd.DataFrame:
             first = keep.loc[keep[a] > 0, a].iloc[0]
             keep = keep[(keep[a] == first) | ~(keep[a] > 0)]
         else:
-            keep = keep[keep[a] == keep[a].dropna().iloc[0]]
-    return keep
+            first = keep[a].dropna().iloc[0]
+            keep = keep[keep[a] == first]
+        fixed.append(f"{a}={_fmt(first)}")
+    return keep, (" at " + ", ".join(fixed) if fixed else "")
+
+
+def _slots_per_block(summary: pd.DataFrame) -> dict[str, int]:
+    """system -> token slots per allocator unit (the block size; 1 for a contiguous cache's slots)."""
+    if "block_size" not in summary.columns:
+        return {}
+    return {str(r["system"]): int(r["block_size"]) if r["block_size"] == r["block_size"] and r["block_size"] > 0
+            else 1 for _, r in summary.iterrows()}
 
 
 def _label_points(df: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
@@ -168,76 +148,6 @@ def _label_points(df: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
 
 def _has_breakdown(df: pd.DataFrame) -> bool:
     return all(c in df.columns for c in BREAKDOWN_PCT_COLUMNS) and df[list(BREAKDOWN_PCT_COLUMNS)].notna().any().any()
-
-
-def _sections(bundle: ResultsBundle, figs: dict[str, Path]) -> list[Section]:
-    s = bundle.summary
-    cfg = bundle.config
-    secs = [Section("overview", "Overview", _overview_text(bundle))]
-    if _has_breakdown(s):
-        secs.append(Section(
-            "memory-breakdown", "Where the KV-cache memory goes",
-            "Time-weighted share of the KV pool per category; the six shares add up to 100%. The second "
-            "table (and the right-hand panel) leaves out free memory: shares of the memory in use, as in the "
-            "vLLM paper's Fig. 2. Waste = reserved + internal + external fragmentation.",
-            tuple(s[[c for c in ("system", "point_id", *SWEEP_AXES[1:], *cols) if c in s.columns]]
-                  for cols in (BREAKDOWN_PCT_COLUMNS, plots.USED_COLUMNS) if all(c in s.columns for c in cols)),
-            tuple(figs[k] for k in ("memory_breakdown",) if k in figs)))
-    secs.append(Section("performance", "Throughput and latency",
-                        "Throughput, mean batch size and latencies per system or sweep point.",
-                        (s[[c for c in (*PERF_COLUMNS, "point_id", *SWEEP_AXES[1:]) if c in s.columns]],),
-                        tuple(figs[k] for k in ("latency_cdf",) if k in figs)))
-    if "memory_over_time" in figs:
-        secs.append(Section("memory-over-time", "Memory over time",
-                            "Each category's share of the KV pool over simulated time.",
-                            figures=(figs["memory_over_time"],)))
-    mon = [c for c in MONITOR_COLUMNS if c in s.columns]
-    if "allocator_monitor" in figs or len(mon) > 2:
-        mon_tables: tuple[pd.DataFrame, ...] = (s[mon],) if len(mon) > 2 else ()
-        swp = [c for c in SWAP_COLUMNS if c in s.columns]
-        if "swap_out_blocks" in s.columns and (s["swap_out_blocks"].fillna(0) > 0).any():
-            mon_tables += (s[swp],)
-        secs.append(Section(
-            "allocator", "Allocator monitoring",
-            "Run totals of the KV-cache allocator: free blocks (time-weighted mean and minimum), fresh block "
-            "allocations and reuses (prefix-cache hits and forks) with their rate and share, the used blocks "
-            "by reference count (time-weighted means), copy-on-write copies and blocks released by the "
-            "sliding window; when anything was swapped, bytes and PCIe time each way, the transfer time on "
-            "the steps' critical path and how many prefetched swap-ins the forward pass hid. Contiguous "
-            "caches count 1-slot blocks. The per-sample series are runs/<system>/monitor.parquet.",
-            mon_tables, tuple(figs[k] for k in ("allocator_monitor",) if k in figs)))
-    sweep_figs = tuple(figs[k] for k in ("block_size_sweep", "rate_sweep", "sharing_n", "sharing_beam_width")
-                       if k in figs)
-    if not bundle.points.empty:
-        failed = bundle.points[bundle.points["status"] != "ok"]
-        text = f"{len(bundle.points)} points finished, {len(failed)} failed."
-        tables: tuple[pd.DataFrame, ...] = ()
-        if not failed.empty:
-            tables = (failed[[c for c in ("point_id", *SWEEP_AXES, "error") if c in failed.columns]],)
-        secs.append(Section("sweep", "Sweep", text, tables, sweep_figs))
-    if cfg:
-        secs.append(Section("configuration", "Configuration",
-                            "The effective configuration (config.toml reruns it with `pagesim run --config`):\n"
-                            + json.dumps(cfg, indent=2)))
-    return secs
-
-
-def _overview_text(bundle: ResultsBundle) -> str:
-    s = bundle.summary
-    lat = ", ".join(sorted({str(v) for v in s["latency_model"].dropna()})) if "latency_model" in s else ""
-    lines = [f"Results directory: {bundle.path}", f"Rows in summary.csv: {len(s)}"]
-    if lat:
-        lines.append(f"Latency model: {lat}")
-    eng = ", ".join(sorted({str(v) for v in s["engine"].dropna() if str(v)})) if "engine" in s else ""
-    if eng:
-        lines.append(f"Engine profile: {eng} (overheads: docs/latency.md)")
-    for col, what in (("kv_dtype", "KV storage dtype"), ("sliding_window", "Attention window (tokens, 0: none)"),
-                      ("semantics", "Block-manager semantics"), ("scheduler_policy", "Scheduler policy")):
-        if col in s.columns:
-            vals = ", ".join(sorted({_fmt(v) for v in s[col].dropna()}))
-            if vals:
-                lines.append(f"{what}: {vals}")
-    return "\n".join(lines)
 
 
 def _fmt(v: Any) -> str:
@@ -279,7 +189,9 @@ def build_report(out_dir: Path | str, title: str | None = None) -> tuple[Path, P
     bundle = load_results(out_dir)
     head = title or f"pagesim report: {title_from_config(bundle.config)}"
     figs = render_plots(bundle, reuse=True)
-    secs = _sections(bundle, figs)
+    pts = bundle.points
+    secs = sections(bundle, figs, _sweep_axes(bundle.config, pts[pts["status"] == "ok"]
+                                              if "status" in pts.columns else pts) if not pts.empty else [])
 
     nav = "".join(f'<a href="#{x.id}">{html.escape(x.title)}</a>' for x in secs)
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(head)}</title>"
@@ -289,13 +201,15 @@ def build_report(out_dir: Path | str, title: str | None = None) -> tuple[Path, P
         parts.append(f'<section id="{sec.id}"><h2>{html.escape(sec.title)}</h2>')
         md += [f"## {sec.title}", ""]
         if sec.text:
-            if sec.id == "configuration":
-                intro, _, body = sec.text.partition("\n")
-                parts.append(f"<p>{html.escape(intro)}</p><pre>{html.escape(body)}</pre>")
-                md += [intro, "", "```json", body, "```", ""]
-            else:
-                parts.append("".join(f"<p>{html.escape(line)}</p>" for line in sec.text.splitlines()))
-                md += [line + "  " for line in sec.text.splitlines()] + [""]
+            parts.append("".join(f"<p>{html.escape(line)}</p>" for line in sec.text.splitlines()))
+            md += [line + "  " for line in sec.text.splitlines()] + [""]
+        if sec.bullets:
+            parts.append("<ul>" + "".join(f"<li>{html.escape(b)}</li>" for b in sec.bullets) + "</ul>")
+            md += [f"- {b}" for b in sec.bullets] + [""]
+        if sec.code is not None:
+            lang, body = sec.code
+            parts.append(f'<pre><code class="language-{lang}">{html.escape(body)}</code></pre>')
+            md += [f"```{lang}", body.rstrip("\n"), "```", ""]
         for t in sec.tables:
             parts.append(_html_table(t))
             md += [markdown_table(t), ""]

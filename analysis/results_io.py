@@ -50,6 +50,24 @@ def slug(name: str) -> str:
     return s or "run"
 
 
+def check_out_dir(path: Path) -> None:
+    """Make sure `path` can be a results directory before anything runs: created if missing, writable.
+
+    Raises ValueError naming the path: an existing file, a parent that is a file, or no permission.
+    """
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"--out {p}: is an existing file (valid: a directory, new or existing)")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        probe = p / f".pagesim-write-test-{os.getpid()}"
+        probe.write_text("", encoding="utf-8")
+        probe.unlink()
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        raise ValueError(f"--out {p}: cannot write there ({why.lower()}; valid: a writable directory)") from None
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write `text` to `path` through a temporary file and an atomic rename."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -26,3 +26,14 @@ def is_int_list(v: object) -> bool:
 def out_of_range(field_name: str, valid: str, value: object) -> str:
     """The one-line message for a value outside its valid range."""
     return f"field '{field_name}' = {value!r} out of range (valid: {valid})"
+
+
+#: The largest paged pool the simulator allocates: its per-block state (ref count, hash, free-queue
+#: links) takes about 100 bytes of host memory, so 2**25 blocks need about 3.3 GB. Real pools are far
+#: smaller (an H200 holds ~57K 16-token blocks of Llama-3-8B); a larger pool is refused before allocating.
+MAX_NUM_BLOCKS = 1 << 25
+HOST_BYTES_PER_BLOCK = 100
+NUM_BLOCKS_RANGE = (f"valid: integer in [1, {MAX_NUM_BLOCKS:,}]; the simulator keeps about "
+                    f"{HOST_BYTES_PER_BLOCK} B of host memory per block")
+#: The largest KV pool in token slots (2**32: ~512 TiB of Llama-3-8B KV, beyond any deployment).
+MAX_KV_TOKENS = 1 << 32

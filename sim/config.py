@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from sim.checks import is_int, is_num, out_of_range
+from sim.checks import HOST_BYTES_PER_BLOCK, MAX_KV_TOKENS, MAX_NUM_BLOCKS, is_int, is_num, out_of_range
 from sim.request import SpecError
 from sim.timing.engines import ENGINE_PROFILES, EngineProfile
 
@@ -205,8 +205,9 @@ class SimConfig:
         if not isinstance(self.scheduler, SchedulerConfig):
             raise _bad("scheduler", "SchedulerConfig(...)", self.scheduler)
         if self.kv_capacity_tokens is not None and (not is_int(self.kv_capacity_tokens)
-                                                    or self.kv_capacity_tokens < 1):
-            raise _bad("kv_capacity_tokens", "None or integer >= 1 (token slots)", self.kv_capacity_tokens)
+                                                    or not 1 <= self.kv_capacity_tokens <= MAX_KV_TOKENS):
+            raise _bad("kv_capacity_tokens", f"None or integer in [1, {MAX_KV_TOKENS:,}] (token slots)",
+                       self.kv_capacity_tokens)
         if not is_num(self.gpu_memory_utilization) or not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise _bad("gpu_memory_utilization", "(0, 1]", self.gpu_memory_utilization)
         if self.max_model_len is not None and (not is_int(self.max_model_len) or self.max_model_len < 2):
@@ -298,6 +299,10 @@ def resolve(config: SimConfig) -> Resolved:
             raise SpecError(f"config field 'kv_capacity_tokens' = {cap} holds {num_blocks} block (valid with "
                             f"cache.semantics vllm-v1: >= 2 blocks = {2 * b} token slots; block 0 is its null "
                             f"block)")
+        if num_blocks > MAX_NUM_BLOCKS:  # refused before the engine allocates the pool
+            raise SpecError(f"the KV pool of {cap:,} token slots is {num_blocks:,} blocks of {b}, above the "
+                            f"simulator's {MAX_NUM_BLOCKS:,} (valid: kv_capacity_tokens <= {MAX_NUM_BLOCKS * b:,} "
+                            f"for block_size {b}; it keeps about {HOST_BYTES_PER_BLOCK} B of host memory per block)")
         swap_blocks = int(config.scheduler.cpu_swap_space_gb * (1 << 30) // (kvb * b))
     else:
         b, num_blocks, swap_blocks = 0, 0, 0

@@ -11,11 +11,14 @@ import importlib
 
 import typer
 
+from analysis.cli.errors import OneLineErrors
+
 app = typer.Typer(
     name="pagesim",
     help="Simulate LLM-serving KV-cache memory: PagedAttention vs contiguous caches.",
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=OneLineErrors,  # option errors: one line and exit 2, not a usage box
 )
 
 COMMAND_MODULES = (

@@ -15,6 +15,7 @@ from typing import TextIO
 
 import typer
 
+from sim.checks import MAX_NUM_BLOCKS
 from sim.memory.replay import ReplayError, replay
 from sim.memory.semantics import SEMANTICS
 
@@ -45,7 +46,8 @@ def register(app: typer.Typer) -> None:
     def replay_cmd(
         ops: str = typer.Argument(..., help="Op log (JSON lines); '-' reads stdin."),
         block_size: int | None = typer.Option(None, "--block-size", min=1, help="Tokens per block."),
-        num_blocks: int | None = typer.Option(None, "--num-blocks", min=1, help="Blocks in the pool."),
+        num_blocks: int | None = typer.Option(None, "--num-blocks", min=1, max=MAX_NUM_BLOCKS,
+                                              help=f"Blocks in the pool (at most {MAX_NUM_BLOCKS:,})."),
         prefix_caching: bool | None = typer.Option(
             None, "--prefix-caching/--no-prefix-caching", help="Reuse cached full blocks by content hash."),
         watermark: float | None = typer.Option(

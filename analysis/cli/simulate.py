@@ -15,9 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from analysis.cli.tables import err as _err
-from analysis.cli.tables import out as _o
-from analysis.cli.tables import print_summary
+from analysis.cli import inputs, progress, tables
 
 if TYPE_CHECKING:  # pandas and the API load on first use, so `pagesim --help` stays quick
 
@@ -65,6 +63,7 @@ SlidingWindow = Annotated[int | None, typer.Option("--sliding-window", help="Att
 SwapGb = Annotated[float | None, typer.Option("--cpu-swap-gb", help="Host swap pool in GiB (default 4).")]
 Prefetch = Annotated[bool | None, typer.Option("--swap-prefetch/--no-swap-prefetch", help="Overlap swap-ins with the forward pass.")]
 Pcie = Annotated[float | None, typer.Option("--pcie-gbps", help="Host<->GPU copy rate, GB/s one way (default: the GPU's).")]
+Wide = Annotated[bool, typer.Option("--wide", help="Every table column, long headers (default: compact, 100 columns).")]
 MetricsFmt = Annotated[str, typer.Option("--metrics-format", help="Also write the run totals: none or prometheus (metrics.prom).")]
 
 # option name -> experiment override key
@@ -107,6 +106,7 @@ def _overrides(opts: dict[str, Any]) -> dict[str, Any]:
 def _experiment(config: Path | None, opts: dict[str, Any], **extra: Any) -> Any:
     from analysis import api
 
+    inputs.check_conflicts(opts, config)
     base = api.experiment(config) if config is not None else api.experiment()
     return base.with_overrides({**_overrides(opts), **extra})
 
@@ -132,24 +132,35 @@ def _default_out(cmd: str, out: Path | None) -> Path:
 
 
 def _simulate(cmd: str, exp: Any, out: Path, csv: bool, op_log: bool, plots: bool, report: bool,
-              metrics_format: str = "none") -> None:
+              metrics_format: str = "none", wide: bool = False, fixed: frozenset[str] = frozenset()) -> None:
     from analysis import api
+    from analysis.conclusions import conclusions
     from analysis.prometheus import check_format
+    from analysis.results_io import check_out_dir
 
     check_format(metrics_format)  # before any simulation runs
+    check_out_dir(out)
+    o, err = tables.consoles(wide)
+    exp, specs, _stats = inputs.fit_to_workload(exp, fixed, o)
+    for line in (f"{cmd}: {', '.join(exp.systems)} on {exp.title()}", *progress.pool_lines(exp)):
+        o.print(tables.wrap(line, o), markup=False, highlight=False)
     t0 = time.perf_counter()
 
     def done(r: SimResult) -> None:
-        _err.print(f"  {r.system}: {len(r.requests)} requests, {len(r.steps)} steps "
-                   f"({time.perf_counter() - t0:.1f} s)")
+        rejected = sum(q.status == "rejected" for q in r.requests)
+        err.print(f"  {r.system}: {len(r.requests)} requests, {len(r.steps)} steps"
+                  + (f", {rejected} REJECTED (see below)" if rejected else "") + f" ({progress.elapsed(t0)})",
+                  markup=False, highlight=False)
 
-    _err.print(f"{cmd}: {', '.join(exp.systems)} on {exp.title()}")
-    df = api.run(exp, out, csv=csv, op_log=op_log, plots=plots, on_result=done, metrics_format=metrics_format)
-    print_summary(df, exp.title())
+    with progress.progress(err) as start:
+        df = api.run(exp, out, csv=csv, op_log=op_log, plots=plots, on_result=done, on_start=start,
+                     metrics_format=metrics_format, specs=specs)
+    tables.print_summary(o, df, exp.title(), wide=wide)
+    tables.print_conclusions(o, conclusions(df))
     if report:
         api.report(out)
     extra = (", report.html" if report else "") + (", metrics.prom" if metrics_format == "prometheus" else "")
-    _o.print(f"results: {out}/ (summary.csv{extra})")
+    o.print(f"results: {out}/ (summary.csv{extra})", markup=False, highlight=False)
 
 
 def _split(text: str | None, conv: Callable[[str], Any] = str) -> list[Any] | None:
@@ -187,7 +198,7 @@ def register(app: typer.Typer) -> None:
                 preemption: Preempt = None, sliding_window: SlidingWindow = None, swap_gb: SwapGb = None,
                 prefetch: Prefetch = None, pcie: Pcie = None, seed: Seed = None, out: Out = None, csv: Csv = False,
                 op_log: OpLog = False, plots: Plots = True, report: Report = False,
-                metrics_format: MetricsFmt = "none") -> None:
+                metrics_format: MetricsFmt = "none", wide: Wide = False) -> None:
         """One simulation: a workload through one cache system (or the systems of a --config file).
 
         Examples:
@@ -199,7 +210,8 @@ def register(app: typer.Typer) -> None:
         with _errors("run"):
             extra = {"system": system} if system else ({} if config else {"system": "paged"})
             exp = _experiment(config, locals(), **extra)
-            _simulate("run", exp, _default_out("run", out), csv, op_log, plots, report, metrics_format)
+            _simulate("run", exp, _default_out("run", out), csv, op_log, plots, report, metrics_format, wide,
+                      inputs.fixed_settings(locals(), config))
 
     @app.command("compare")
     def compare_cmd(config: Config = None, systems: Annotated[str | None, typer.Option(
@@ -214,7 +226,8 @@ def register(app: typer.Typer) -> None:
                     max_tokens: MaxTok = None, chunked: Chunked = None, preemption: Preempt = None,
                     sliding_window: SlidingWindow = None, swap_gb: SwapGb = None, prefetch: Prefetch = None,
                     pcie: Pcie = None, seed: Seed = None, out: Out = None, csv: Csv = False, op_log: OpLog = False,
-                    plots: Plots = True, report: Report = True, metrics_format: MetricsFmt = "none") -> None:
+                    plots: Plots = True, report: Report = True, metrics_format: MetricsFmt = "none",
+                    wide: Wide = False) -> None:
         """Paged vs contiguous (max / pow2 / oracle) caches on the same workload, side by side.
 
         Memory breakdown (the vLLM paper's Fig. 2), throughput, latency and batch size per system.
@@ -228,7 +241,8 @@ def register(app: typer.Typer) -> None:
         with _errors("compare"):
             extra = {"systems": _split(systems)} if systems else {}
             exp = _experiment(config, locals(), **extra)
-            _simulate("compare", exp, _default_out("compare", out), csv, op_log, plots, report, metrics_format)
+            _simulate("compare", exp, _default_out("compare", out), csv, op_log, plots, report, metrics_format,
+                      wide, inputs.fixed_settings(locals(), config))
 
     @app.command("sweep")
     def sweep_cmd(config: Config = None,
@@ -253,7 +267,7 @@ def register(app: typer.Typer) -> None:
                   prefix: Prefix = None, max_seqs: MaxSeqs = None, max_tokens: MaxTok = None,
                   chunked: Chunked = None, preemption: Preempt = None, sliding_window: SlidingWindow = None,
                   swap_gb: SwapGb = None, prefetch: Prefetch = None, pcie: Pcie = None, seed: Seed = None,
-                  out: Out = None, report: Report = True) -> None:
+                  out: Out = None, report: Report = True, wide: Wide = False) -> None:
         """A grid of simulations (block size, KV budget, rate, system, sampling, any field), in parallel.
 
         Each finished point is written at once, so an interrupted sweep continues with --resume;
@@ -278,16 +292,23 @@ def register(app: typer.Typer) -> None:
                 raise ValueError("no sweep axis given (use --block-sizes, --rates, --systems, --kv-budgets-gb, "
                                  "--samplings or --grid NAME=V1,V2)")
             from analysis import api
+            from analysis.conclusions import conclusions
+            from analysis.results_io import check_out_dir
 
             out_dir = _default_out("sweep", out)
-            _err.print(f"sweep over {', '.join(axes)} on {exp.title()} -> {out_dir}")
+            check_out_dir(out_dir)
+            o, err = tables.consoles(wide)
+            if exp.workload.trace is not None:  # a trace's longest request decides the defaults, as in run
+                exp, _, _ = inputs.fit_to_workload(exp, inputs.fixed_settings(locals(), config, tuple(axes)), o)
+            err.print(f"sweep over {', '.join(axes)} on {exp.title()} -> {out_dir}", markup=False, highlight=False)
             res = api.sweep_outcome(axes, exp, out_dir, executor=executor, workers=workers, scheduler=scheduler,
                                     resume=resume, retry_failed=retry_failed, progress=progress)
-            print_summary(res.summary, exp.title(), tuple(axes))
-            _o.print(f"{res.total} points: {res.ran} run, {res.skipped} already done, {res.failed} failed; results: {out_dir}/")
+            tables.print_summary(o, res.summary, exp.title(), tuple(axes), wide=wide)
+            tables.print_conclusions(o, conclusions(res.summary, tuple(axes)))
+            o.print(f"{res.total} points: {res.ran} run, {res.skipped} already done, {res.failed} failed; results: {out_dir}/")
             if res.failed:
                 for _, r in res.summary[res.summary["status"] == "failed"].iterrows():
-                    _err.print(f"  failed point {r['point_id']}: {r['error']}")
+                    err.print(f"  failed point {r['point_id']}: {r['error']}", markup=False, highlight=False)
             if res.interrupted:
                 typer.echo(f"pagesim sweep: interrupted; {res.ran} new points kept. Continue with: "
                            f"pagesim sweep ... --out {out_dir} --resume", err=True)
@@ -306,7 +327,7 @@ def register(app: typer.Typer) -> None:
             from analysis import api
 
             html_path, md_path = api.report(results_dir)
-            _o.print(f"report: {html_path}\nmarkdown: {md_path}")
+            tables.consoles()[0].print(f"report: {html_path}\nmarkdown: {md_path}", markup=False, highlight=False)
 
 
 def _sweep_axes(config: Path | None, systems: str | None, block_sizes: str | None, budgets_gb: str | None,

@@ -8,6 +8,7 @@ which evicts the least recently released cached block first.
 
 from __future__ import annotations
 
+from sim.checks import MAX_NUM_BLOCKS, NUM_BLOCKS_RANGE
 from sim.memory.free_queue import FreeBlockQueue
 
 
@@ -30,8 +31,8 @@ class BlockPool:
                  "num_evictions")
 
     def __init__(self, num_blocks: int, *, enable_caching: bool = False) -> None:
-        if not isinstance(num_blocks, int) or isinstance(num_blocks, bool) or num_blocks < 1:
-            raise ValueError(f"num_blocks = {num_blocks!r} out of range (valid: integer >= 1)")
+        if not isinstance(num_blocks, int) or isinstance(num_blocks, bool) or not 1 <= num_blocks <= MAX_NUM_BLOCKS:
+            raise ValueError(f"num_blocks = {num_blocks!r} out of range ({NUM_BLOCKS_RANGE})")
         self.num_blocks = num_blocks
         self.enable_caching = enable_caching
         self.ref_cnt: list[int] = [0] * num_blocks

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from sim.checks import is_int_list
+from sim.checks import MAX_NUM_BLOCKS, NUM_BLOCKS_RANGE, is_int_list
 from sim.memory.contiguous_cache import RESERVATION_POLICIES, ContiguousKVCache
 from sim.memory.extent_allocator import PLACEMENTS
 from sim.memory.outcomes import AllocStatus, CacheError
@@ -135,6 +135,8 @@ def _make_paged(line: int, s: dict[str, Any]) -> PagedKVCache:
             raise ReplayError(line, f"{key} not given (pass it as an option or in a first "
                                     f"{{\"op\": \"config\", ...}} line)")
         _int(line, key, s[key], 1)
+    if s["num_blocks"] > MAX_NUM_BLOCKS:  # refused before the pool is allocated
+        raise ReplayError(line, f"field 'num_blocks' = {s['num_blocks']} out of range ({NUM_BLOCKS_RANGE})")
     pc = s.get("prefix_caching", False)
     if not isinstance(pc, bool):
         raise ReplayError(line, f"prefix_caching = {json.dumps(pc)} must be true or false")

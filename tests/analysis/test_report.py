@@ -44,7 +44,8 @@ def test_compare_report_has_sections_and_embedded_pngs(tmp_path: Path) -> None:
     html_path, md_path = report.build_report(_compare_dir(tmp_path))
     p = _Sections()
     p.feed(html_path.read_text())
-    assert p.sections == ["overview", "memory-breakdown", "performance", "memory-over-time", "configuration"]
+    assert p.sections == ["conclusions", "memory-breakdown", "performance", "memory-over-time", "about",
+                          "configuration"]
     assert len(p.images) == 3 and not p.external
     for src in p.images:
         assert src.startswith("data:image/png;base64,")
@@ -52,6 +53,11 @@ def test_compare_report_has_sections_and_embedded_pngs(tmp_path: Path) -> None:
     assert "opt-13b on a100-40gb, sharegpt-like synthetic, 20 requests" in html_path.read_text()
     md = md_path.read_text()
     assert "## Where the KV-cache memory goes" in md and "| system |" in md
+    # The answer first, in words; human column names; the configuration as the TOML that reruns it.
+    assert md.index("## In short") < md.index("## Where the KV-cache memory goes")
+    assert "holds the most requests at once: mean batch" in md and "of the KV memory in use holds tokens" in md
+    assert "| output tokens/s |" in md and "throughput_tps" not in md and "mean_batch_size" not in md
+    assert "```toml" in md and 'model = "opt-13b"' in md and '"model": "opt-13b"' not in md
     assert "](plots/memory_breakdown.png)" in md and (tmp_path / "plots" / "memory_breakdown.svg").is_file()
 
 
@@ -66,7 +72,7 @@ def test_sweep_report_has_sweep_figures_and_failed_points(tmp_path: Path) -> Non
     p.feed(html_path.read_text())
     assert "sweep" in p.sections
     text = html_path.read_text()
-    assert "3 points finished, 1 failed." in text and "failed on purpose" in text
+    assert "3 points over" in text and "2 finished, 1 failed." in text and "failed on purpose" in text
     assert (tmp_path / "plots" / "block_size_sweep.png").is_file()
 
 
@@ -80,3 +86,30 @@ def test_markdown_table_escapes_pipes() -> None:
 
     t = report.markdown_table(pd.DataFrame({"a|b": [1.23456789], "c": ["x|y"]}))
     assert t.splitlines() == ["| a\\|b | c |", "|---|---|", "| 1.235 | x\\|y |"]
+
+
+@pytest.mark.parametrize(("sampling", "panels"), [("greedy", ["1", "2"]), ("n=2", ["1", "2", "3", "4"])])
+def test_allocator_figure_drops_empty_panels_and_counts_token_slots(sampling: str, panels: list[str],
+                                                                   tmp_path: Path) -> None:
+    import re
+
+    from analysis import api
+
+    api.run(api.experiment(num_requests=30, systems=["paged", "max"], sampling=sampling), tmp_path)
+    svg = (tmp_path / "plots" / "allocator_monitor.svg").read_text()
+    # No sharing (greedy): the reuse and ref-count panels would be all zeros, so they are left out.
+    assert sorted(set(re.findall(r'id="axes_(\d+)"', svg))) == panels
+    bundle = results_io.load_results(tmp_path)
+    # Allocation rates are drawn in token slots: a paged block counts its 16 slots, a contiguous unit one.
+    assert report._slots_per_block(bundle.summary) == {"paged-16": 16, "contig-max": 1}
+
+
+def test_sweep_figures_name_the_slice_they_show() -> None:
+    import pandas as pd
+
+    pts = pd.DataFrame({"system": ["paged-8", "paged-8", "paged-32", "paged-32", "contig-max", "contig-max"],
+                        "block_size": [8, 8, 32, 32, 0, 0], "rate": [2.0, 8.0, 2.0, 8.0, 2.0, 8.0]})
+    rows, at = report._fixed_others(pts, "block_size", ["system", "block_size", "rate"])
+    assert at == " at rate=2" and rows["rate"].tolist() == [2.0, 2.0, 2.0]
+    rows, at = report._fixed_others(pts, "rate", ["system", "block_size", "rate"])
+    assert at == " at block_size=8" and sorted(rows["system"].unique()) == ["contig-max", "paged-8"]

@@ -46,7 +46,7 @@ def _any(v: object) -> Any:
     (lambda: SchedulerConfig(too_long="clip"), "scheduler.too_long", "reject, truncate, error"),
     (lambda: SchedulerConfig(beam_switch_prob=1.5), "scheduler.beam_switch_prob", "[0, 1]"),
     (lambda: SchedulerConfig(beam_switch_halflife=0), "scheduler.beam_switch_halflife", "tokens > 0"),
-    (lambda: SimConfig(kv_capacity_tokens=0), "kv_capacity_tokens", "integer >= 1"),
+    (lambda: SimConfig(kv_capacity_tokens=0), "kv_capacity_tokens", "integer in [1, 4,294,967,296]"),
     (lambda: SimConfig(gpu_memory_utilization=0.0), "gpu_memory_utilization", "(0, 1]"),
     (lambda: SimConfig(max_model_len=1), "max_model_len", "integer >= 2"),
     (lambda: SimConfig(memory_sample_interval_s=0), "memory_sample_interval_s", "seconds > 0"),
