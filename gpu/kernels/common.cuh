@@ -108,7 +108,14 @@ __device__ __forceinline__ void load_vec16(const __nv_fp8_e4m3* p, float (&o)[16
   const unsigned* w = reinterpret_cast<const unsigned*>(&v);
 #pragma unroll
   for (int i = 0; i < 8; ++i) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+    // direct: each 16-bit half of a word is one cvt.rn.f16x2.e4m3x2 operand (no byte re-packing)
+    const __half2_raw r = __nv_cvt_fp8x2_to_halfraw2(
+        static_cast<__nv_fp8x2_storage_t>(i % 2 ? w[i / 2] >> 16 : w[i / 2] & 0xffffu), __NV_E4M3);
+    const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&r));
+#else
     const float2 f = fp8x2_to_float2(__byte_perm(w[i / 2], 0u, i % 2 ? 0x4342u : 0x4140u));
+#endif
     o[2 * i] = f.x;
     o[2 * i + 1] = f.y;
   }
@@ -124,6 +131,41 @@ __device__ __forceinline__ void load_vec16(const signed char* p, float (&o)[16])
 #pragma unroll
     for (int j = 0; j < 4; ++j) o[4 * i + j] = __uint_as_float(__byte_perm(u, 0x4b000000u, 0x7440u | j)) - 8388736.f;
   }
+}
+
+// Asynchronous global -> shared copies (cp.async, sm_80+): the copy runs while the thread goes on;
+// cp_async_commit() closes a group and cp_async_wait<N>() waits until at most N groups are pending
+// (then a __syncthreads() makes the copies of every thread visible). Elsewhere (the CPU shim, older
+// GPUs) each copy is a plain load + store at issue time and the waits are no-ops: the same ordering
+// rules hold (a stage is read only after the barrier that follows its wait), and a missing barrier
+// still shows as schedule dependence in the shim.
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(static_cast<unsigned>(__cvta_generic_to_shared(smem))),
+               "l"(gmem)
+               : "memory");
+#else
+  *static_cast<uint4*>(smem) = *static_cast<const uint4*>(gmem);
+#endif
+}
+__device__ __forceinline__ void cp_async4(void* smem, const void* gmem) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(static_cast<unsigned>(__cvta_generic_to_shared(smem))),
+               "l"(gmem)
+               : "memory");
+#else
+  *static_cast<float*>(smem) = *static_cast<const float*>(gmem);
+#endif
+}
+__device__ __forceinline__ void cp_async_commit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+#endif
 }
 
 // Butterfly reductions over the lanes whose index differs only in bits [lo, hi) of the lane id:

@@ -56,8 +56,22 @@
 #ifndef MIN_BLOCKS_PER_SM
 #define MIN_BLOCKS_PER_SM 4
 #endif
+// Query heads served by one decode CTA (1, 2, 4, 8): num_heads / num_kv_heads must be a multiple.
+#ifndef QUERY_GROUP
+#define QUERY_GROUP 1
+#endif
+// Software pipeline: KV_STAGES tiles of KV_TILE_BYTES of K (and as many of V) in shared memory.
+#ifndef KV_STAGES
+#define KV_STAGES 2
+#endif
+#ifndef KV_TILE_BYTES
+#define KV_TILE_BYTES 8192
+#endif
 #define NUM_WARPS (NUM_THREADS / 32)
 
+static_assert(QUERY_GROUP == 1 || QUERY_GROUP == 2 || QUERY_GROUP == 4 || QUERY_GROUP == 8,
+              "QUERY_GROUP must be 1, 2, 4 or 8");
+static_assert(KV_STAGES >= 2 && KV_STAGES <= 4, "KV_STAGES must be 2..4");
 static_assert(NUM_THREADS % 32 == 0 && NUM_THREADS <= 1024, "NUM_THREADS must be a multiple of 32, <= 1024");
 static_assert(BLOCK_SIZE >= 8 && BLOCK_SIZE <= 128 && (BLOCK_SIZE & (BLOCK_SIZE - 1)) == 0,
               "BLOCK_SIZE must be a power of two in [8, 128]");
@@ -102,21 +116,27 @@ struct KVScales {
   int kind;
 };
 
+// Thread and tile geometry of the decode kernel for KV storage type C (see the file comment).
 template <typename C> struct DecodeGeometry {
-  static constexpr int kVec = Vec16<C>::kElems;          // elements per 16-byte load
-  static constexpr int kRowVecs = HEAD_DIM / kVec;       // 16-byte vectors per token row
-  // K phase: TPT lanes share a token (each dots kKVecs vectors, strided by TPT so that the TPT
-  // lanes read adjacent 16-byte chunks); 32 / TPT tokens per pass, kPasses passes per block.
-  static constexpr int kTpt = (32 / BLOCK_SIZE) > 2 ? (32 / BLOCK_SIZE) : 2;
-  static constexpr int kTokPerPass = 32 / kTpt;
-  static constexpr int kPasses = BLOCK_SIZE / kTokPerPass;
-  static constexpr int kKVecs = kRowVecs / kTpt;
-  // V phase: kVLanes lanes cover a row (kVVecs vectors each); kVGroups rows at a time.
-  static constexpr int kVLanes = kRowVecs < 32 ? kRowVecs : 32;
-  static constexpr int kVGroups = 32 / kVLanes;
-  static constexpr int kVVecs = kRowVecs / kVLanes;
-  static_assert(HEAD_DIM % (kVec * kTpt) == 0, "HEAD_DIM too small for this block size and dtype");
-  static_assert(kRowVecs % kVLanes == 0 && 32 % kVLanes == 0, "HEAD_DIM must be 64, 128 or 256");
+  static constexpr int kVec16 = 16 / static_cast<int>(sizeof(C));  // elements per 16-byte chunk
+  // kVec elements of a row per thread, kBdx threads per row (a power of two <= 32: one shuffle group)
+  static constexpr int kVec = kVec16 > HEAD_DIM / 32 ? kVec16 : HEAD_DIM / 32;
+  static constexpr int kBdx = HEAD_DIM / kVec;
+  static constexpr int kGroup = QUERY_GROUP;  // query heads per CTA, all reading one kv head
+  static constexpr int kThreads = kBdx * kGroup > 128 ? kBdx * kGroup : 128;
+  static constexpr int kBdz = kThreads / (kBdx * kGroup);  // token slots: thread z takes tokens z, z + kBdz, ..
+  static constexpr int kRowChunks = HEAD_DIM * static_cast<int>(sizeof(C)) / 16;  // 16-byte chunks per row
+  static constexpr int kTile = KV_TILE_BYTES / (HEAD_DIM * static_cast<int>(sizeof(C)));  // tokens per stage
+  static constexpr int kTokPerThread = kTile / kBdz;
+  static constexpr int kChunks = kTile * kRowChunks / kThreads;  // 16-byte copies per thread per stage, K and V each
+  static constexpr int kChunkTokStride = kThreads / kRowChunks;  // tokens between a thread's copies
+  static constexpr int kMinBlocks = MIN_BLOCKS_PER_SM * 128 / kThreads > 0 ? MIN_BLOCKS_PER_SM * 128 / kThreads : 1;
+  static constexpr int kRingBytes = 2 * KV_STAGES * KV_TILE_BYTES + 2 * KV_STAGES * kTile * 4;
+  static_assert(kVec % kVec16 == 0 && kBdx <= 32 && 32 % kBdx == 0, "HEAD_DIM must be 64, 128 or 256");
+  static_assert(kTile >= kBdz && kTile % kBdz == 0 && kTile <= kThreads, "KV_TILE_BYTES out of range for HEAD_DIM");
+  static_assert(kChunks >= 1 && kChunks * kThreads == kTile * kRowChunks && kThreads % kRowChunks == 0,
+                "KV_TILE_BYTES must be a multiple of 16 * threads");
+  static_assert(kThreads * kVec * 4 + 2 * kThreads * 4 <= kRingBytes, "merge buffers must fit in the ring");
 };
 
 // T: q / out type; C: KV storage type (T itself, or a quantised code type with `scales`).
@@ -129,12 +149,15 @@ __device__ __forceinline__ void decode_attention(T* __restrict__ out, float* __r
                                                  int partition_size, int window, float scale, float k_scale,
                                                  float v_scale, const KVScales scales) {
   using G = DecodeGeometry<C>;
-  constexpr int VEC = G::kVec;
+  constexpr int VEC = G::kVec, TILE = G::kTile, NT = G::kThreads, QG = QUERY_GROUP;
+  constexpr int TILE_ELEMS = TILE * HEAD_DIM;
   constexpr bool kQuant = KVQuant<C>::kQuantized;
-  const int head = blockIdx.x, seq = blockIdx.y, part = blockIdx.z;
-  const int num_heads = gridDim.x, num_parts = gridDim.z;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int kv_head = head / (num_heads / num_kv_heads);
+  const int seq = blockIdx.y, part = blockIdx.z;
+  const int num_heads = gridDim.x * QG, num_parts = gridDim.z;
+  const int tid = threadIdx.x;
+  const int x = tid % G::kBdx, y = (tid / G::kBdx) % QG, z = tid / (G::kBdx * QG);
+  const int head0 = blockIdx.x * QG;  // this CTA's query heads: head0 .. head0 + QG - 1
+  const int kv_head = head0 / (num_heads / num_kv_heads);
   const int ctx = context_lens[seq];
   const int first = window > 0 ? max(ctx - window, 0) : 0;  // first token read
   int t_begin = first, t_end = ctx;
@@ -144,148 +167,196 @@ __device__ __forceinline__ void decode_attention(T* __restrict__ out, float* __r
     if (t_begin >= t_end) return;  // the whole block leaves before any barrier; the reduce skips it
   }
 
-  __shared__ __align__(16) float q_s[HEAD_DIM];
-  __shared__ float p_s[2][NUM_WARPS][BLOCK_SIZE];  // double-buffered probabilities, per warp
-  __shared__ __align__(16) float acc_s[NUM_WARPS][G::kVGroups * HEAD_DIM];
-  __shared__ float m_s[NUM_WARPS], l_s[NUM_WARPS];
+  // Ring of KV_STAGES stages, each the K and V rows of TILE tokens (+ their per-token scales when
+  // quantised per_block / per_head). After the loop the same bytes hold the merge buffers.
+  __shared__ __align__(16) unsigned char ring[G::kRingBytes];
+  C* k_ring = reinterpret_cast<C*>(ring);
+  C* v_ring = k_ring + KV_STAGES * TILE_ELEMS;
+  float* ks_ring = reinterpret_cast<float*>(v_ring + KV_STAGES * TILE_ELEMS);
+  float* vs_ring = ks_ring + KV_STAGES * TILE;
 
-  const long long seq_head = static_cast<long long>(seq) * num_heads + head;
-  const float q_scale = scale * k_scale;
-  for (int d = threadIdx.x; d < HEAD_DIM; d += NUM_THREADS) q_s[d] = to_float(q[seq_head * HEAD_DIM + d]) * q_scale;
-  __syncthreads();
-
-  long long s_block = 0;  // scale strides (see KVScales)
+  // Scales hoisted out of the loop: static ones (per_tensor / per_kv_head) fold into q and the output;
+  // per_block / per_head ones travel with their tile (a 4-byte async copy per token).
+  long long s_block = 0;
   int s_head = 0, s_tok = 0;
+  bool token_scales = false;
+  float k_static = 1.f, v_static = 1.f;
   if constexpr (kQuant) {
     s_block = scales.kind == 2 ? num_kv_heads : scales.kind == 3 ? static_cast<long long>(num_kv_heads) * BLOCK_SIZE : 0;
     s_head = scales.kind == 0 ? 0 : scales.kind == 3 ? BLOCK_SIZE : 1;
     s_tok = scales.kind == 3 ? 1 : 0;
+    token_scales = scales.kind >= 2;
+    if (!token_scales) {
+      k_static = scales.k[kv_head * s_head];
+      v_static = scales.v[kv_head * s_head];
+    }
   }
 
-  const int k_tok = lane / G::kTpt, k_sub = lane % G::kTpt;
-  const int v_grp = lane / G::kVLanes, v_sub = lane % G::kVLanes;
-  float m = PAGESIM_NEG_INF, l = 0.f;  // running max and (per-lane partial) sum of exp(logit - m)
-  float acc[G::kVVecs * VEC];
+  // this thread's query slice, pre-scaled
+  float qv[VEC];
+  {
+    const float qs = scale * k_scale * k_static;
+    const T* qp = q + (static_cast<long long>(seq) * num_heads + head0 + y) * HEAD_DIM + x * VEC;
 #pragma unroll
-  for (int i = 0; i < G::kVVecs * VEC; ++i) acc[i] = 0.f;
+    for (int e = 0; e < VEC; ++e) qv[e] = to_float(qp[e]) * qs;
+  }
 
-  const int b_begin = t_begin / BLOCK_SIZE, b_end = (t_end + BLOCK_SIZE - 1) / BLOCK_SIZE;
-  int iter = 0;
-  for (int b = b_begin + warp; b < b_end; b += NUM_WARPS, ++iter) {  // warp-uniform loop
-    const long long id = tiles.block_id(seq, b);
-    const long long tile = tiles.tile(id, seq, kv_head, num_kv_heads, b);
-    const C* k_tile = k_cache + tile;
-    const C* v_tile = v_cache + tile;
-    const long long s_base = id * s_block + kv_head * s_head;  // this block's scales (quantised only)
-    const int tok_lo = max(t_begin - b * BLOCK_SIZE, 0);  // valid tokens of this block: [tok_lo, tok_hi)
-    const int tok_hi = min(t_end - b * BLOCK_SIZE, BLOCK_SIZE);
-
-    // (1) logits: masked tokens load nothing (the tail of a last block may hold garbage)
-    float logit[G::kPasses];
-    float block_max = PAGESIM_NEG_INF;
+  // Copy assignment: thread tid copies 16-byte column c_col of tokens c_tok + k * kChunkTokStride of
+  // each tile, for K and V. ids[] holds the block ids of the next tile to issue (-1: token not read),
+  // loaded one tile ahead so the block-table read is off the copy's critical path.
+  const int c_col = tid % G::kRowChunks, c_tok = tid / G::kRowChunks;
+  const int tile0 = (t_begin / BLOCK_SIZE) * BLOCK_SIZE;  // tiles start at the first block read
+  const int n_tiles = (t_end - tile0 + TILE - 1) / TILE;
+  long long ids[G::kChunks];
+  long long sid = -1;  // block id of token `tid` of the next tile (token scales only)
+  auto fetch_ids = [&](int i) {
 #pragma unroll
-    for (int pass = 0; pass < G::kPasses; ++pass) {
-      const int tok = pass * G::kTokPerPass + k_tok;
-      const bool valid = tok >= tok_lo && tok < tok_hi;
+    for (int k = 0; k < G::kChunks; ++k) {
+      const int tok = tile0 + i * TILE + c_tok + k * G::kChunkTokStride;
+      ids[k] = i < n_tiles && tok >= t_begin && tok < t_end ? tiles.block_id(seq, tok / BLOCK_SIZE) : -1;
+    }
+    if (token_scales) {
+      const int tok = tile0 + i * TILE + tid;
+      sid = i < n_tiles && tid < TILE && tok >= t_begin && tok < t_end ? tiles.block_id(seq, tok / BLOCK_SIZE) : -1;
+    }
+  };
+  auto issue = [&](int i, int stage) {  // K and V of tile i into `stage`, one commit group
+#pragma unroll
+    for (int k = 0; k < G::kChunks; ++k) {
+      if (ids[k] < 0) continue;  // masked tokens are never read (their table entries may be -1)
+      const int tt = c_tok + k * G::kChunkTokStride, tok = tile0 + i * TILE + tt;
+      const long long src = tiles.tile(ids[k], seq, kv_head, num_kv_heads, tok / BLOCK_SIZE) +
+                            (tok % BLOCK_SIZE) * HEAD_DIM + c_col * G::kVec16;
+      const int dst = stage * TILE_ELEMS + tt * HEAD_DIM + c_col * G::kVec16;
+      cp_async16(k_ring + dst, k_cache + src);
+      cp_async16(v_ring + dst, v_cache + src);
+    }
+    if (token_scales && sid >= 0) {
+      const long long s = sid * s_block + kv_head * s_head + ((tile0 + i * TILE + tid) % BLOCK_SIZE) * s_tok;
+      cp_async4(ks_ring + stage * TILE + tid, scales.k + s);
+      cp_async4(vs_ring + stage * TILE + tid, scales.v + s);
+    }
+  };
+
+  float m = PAGESIM_NEG_INF, l = 0.f;  // running max and sum of exp(logit - m) over this thread's tokens
+  float acc[VEC];
+#pragma unroll
+  for (int e = 0; e < VEC; ++e) acc[e] = 0.f;
+
+  fetch_ids(0);
+#pragma unroll
+  for (int s = 0; s < KV_STAGES - 1; ++s) {  // prologue: the first KV_STAGES - 1 tiles in flight
+    if (s < n_tiles) issue(s, s);
+    fetch_ids(s + 1);
+    cp_async_commit();
+  }
+  for (int i = 0; i < n_tiles; ++i) {
+    const int ahead = i + KV_STAGES - 1;
+    if (ahead < n_tiles) issue(ahead, ahead % KV_STAGES);  // its stage was freed by the last barrier
+    fetch_ids(ahead + 1);
+    cp_async_commit();  // (an empty group near the end keeps the count uniform)
+    cp_async_wait<KV_STAGES - 1>();  // tile i has landed (this thread's copies) ...
+    __syncthreads();                  // ... and every thread's
+    const int stage = i % KV_STAGES;
+    const C* kt = k_ring + stage * TILE_ELEMS + x * VEC;
+    const C* vt = v_ring + stage * TILE_ELEMS + x * VEC;
+    const int tok0 = tile0 + i * TILE;
+
+    // (1) logits of this thread's tokens z, z + kBdz, ...: kBdx lanes dot their slices, then reduce
+    float logit[G::kTokPerThread];
+#pragma unroll
+    for (int j = 0; j < G::kTokPerThread; ++j) {
+      const C* row = kt + (z + j * G::kBdz) * HEAD_DIM;
       float dot = 0.f;
-      if (valid) {
-        const C* row = k_tile + tok * HEAD_DIM;
 #pragma unroll
-        for (int i = 0; i < G::kKVecs; ++i) {
-          const int d0 = (i * G::kTpt + k_sub) * VEC;
-          float kv[VEC];
-          load_vec16(row + d0, kv);
+      for (int c = 0; c < VEC / G::kVec16; ++c) {
+        float kv[G::kVec16];
+        load_vec16(row + c * G::kVec16, kv);
 #pragma unroll
-          for (int e = 0; e < VEC; ++e) dot += q_s[d0 + e] * kv[e];
-        }
+        for (int e = 0; e < G::kVec16; ++e) dot += qv[c * G::kVec16 + e] * kv[e];
       }
-      dot = xor_reduce_sum<1, G::kTpt>(dot);  // outside the branch: every lane takes part
+      logit[j] = dot;
+    }
+#pragma unroll
+    for (int j = 0; j < G::kTokPerThread; ++j) logit[j] = xor_reduce_sum<1, G::kBdx>(logit[j]);
+    float tile_max = PAGESIM_NEG_INF;
+#pragma unroll
+    for (int j = 0; j < G::kTokPerThread; ++j) {
+      const int tt = z + j * G::kBdz, tok = tok0 + tt;
+      float s = logit[j];
       if constexpr (kQuant) {
-        if (valid) dot *= scales.k[s_base + tok * s_tok];
+        if (token_scales) s *= ks_ring[stage * TILE + tt];
       }
-      logit[pass] = valid ? dot : PAGESIM_NEG_INF;
-      block_max = fmaxf(block_max, logit[pass]);
+      logit[j] = tok >= t_begin && tok < t_end ? s : PAGESIM_NEG_INF;  // a select: garbage never leaks
+      tile_max = fmaxf(tile_max, logit[j]);
     }
-    block_max = xor_reduce_max<G::kTpt, 32>(block_max);
 
-    // (2) online softmax; m_new is finite because the block holds at least one valid token
-    const float m_new = fmaxf(m, block_max);
-    const float alpha = __expf(m - m_new);
-    l *= alpha;
+    // (2) online softmax and (3) acc += p * V over the valid tokens (no cross-thread traffic)
+    const float m_new = fmaxf(m, tile_max);
+    if (m_new != PAGESIM_NEG_INF) {  // else: no valid token yet for this thread
+      const float alpha = __expf(m - m_new);  // 0 while m is -inf
+      l *= alpha;
 #pragma unroll
-    for (int i = 0; i < G::kVVecs * VEC; ++i) acc[i] *= alpha;
-    float* p = p_s[iter & 1][warp];
+      for (int e = 0; e < VEC; ++e) acc[e] *= alpha;
 #pragma unroll
-    for (int pass = 0; pass < G::kPasses; ++pass) {
-      const float pt = __expf(logit[pass] - m_new);  // 0 for masked tokens
-      if (k_sub == 0) {
-        const int tok = pass * G::kTokPerPass + k_tok;
-        float pv = pt;
-        if constexpr (kQuant) {  // V's scale rides on the probability; masked tokens load nothing
-          pv = tok >= tok_lo && tok < tok_hi ? pt * scales.v[s_base + tok * s_tok] : 0.f;
+      for (int j = 0; j < G::kTokPerThread; ++j) {
+        const int tt = z + j * G::kBdz;
+        if (logit[j] == PAGESIM_NEG_INF) continue;  // masked (never read: may be stale or poison)
+        const float p = __expf(logit[j] - m_new);
+        l += p;
+        float pv = p;
+        if constexpr (kQuant) {
+          if (token_scales) pv *= vs_ring[stage * TILE + tt];
         }
-        p[tok] = pv;
-        l += pt;
-      }
-    }
-    m = m_new;
-    // Publishes p to the warp. The buffer written next iteration is the other one, and a lane
-    // reaches the write after that only through the next __syncwarp, so no read is overtaken.
-    __syncwarp();
-
-    // (3) acc += p * V over the valid tokens, kVGroups rows at a time
-    for (int tok = tok_lo + v_grp; tok < tok_hi; tok += G::kVGroups) {
-      const float pt = p[tok];
-      const C* row = v_tile + tok * HEAD_DIM;
+        const C* row = vt + tt * HEAD_DIM;
 #pragma unroll
-      for (int i = 0; i < G::kVVecs; ++i) {
-        float vv[VEC];
-        load_vec16(row + (i * G::kVLanes + v_sub) * VEC, vv);
+        for (int c = 0; c < VEC / G::kVec16; ++c) {
+          float vv[G::kVec16];
+          load_vec16(row + c * G::kVec16, vv);
 #pragma unroll
-        for (int e = 0; e < VEC; ++e) acc[i * VEC + e] += pt * vv[e];
+          for (int e = 0; e < G::kVec16; ++e) acc[c * G::kVec16 + e] += pv * vv[e];
+        }
       }
+      m = m_new;
     }
+    __syncthreads();  // everyone is done with `stage` before it is refilled
   }
 
-  // merge the warps: each leaves (m, l, acc per row group) in shared memory
-  l = xor_reduce_sum<1, 32>(l);
-  if (lane == 0) {
-    m_s[warp] = m;
-    l_s[warp] = l;
+  // merge the token slots z of each query head: (m, l, acc) per thread -> shared memory (the ring)
+  float* acc_s = reinterpret_cast<float*>(ring);  // [kBdz][QG][HEAD_DIM]
+  float* m_s = acc_s + G::kBdz * QG * HEAD_DIM;   // [kBdz][QG]
+  float* l_s = m_s + G::kBdz * QG;
+#pragma unroll
+  for (int e = 0; e < VEC; ++e) acc_s[(z * QG + y) * HEAD_DIM + x * VEC + e] = acc[e];
+  if (x == 0) {
+    m_s[z * QG + y] = m;
+    l_s[z * QG + y] = l;
   }
-  float* acc_w = acc_s[warp] + v_grp * HEAD_DIM;
-#pragma unroll
-  for (int i = 0; i < G::kVVecs; ++i)
-#pragma unroll
-    for (int e = 0; e < VEC; ++e) acc_w[(i * G::kVLanes + v_sub) * VEC + e] = acc[i * VEC + e];
   __syncthreads();
-
-  float m_all = PAGESIM_NEG_INF;
+  for (int idx = tid; idx < QG * HEAD_DIM; idx += NT) {
+    const int g = idx / HEAD_DIM, d = idx % HEAD_DIM;
+    float m_all = PAGESIM_NEG_INF;
 #pragma unroll
-  for (int w = 0; w < NUM_WARPS; ++w) m_all = fmaxf(m_all, m_s[w]);
-  float weight[NUM_WARPS];
-  float l_all = 0.f;
+    for (int w = 0; w < G::kBdz; ++w) m_all = fmaxf(m_all, m_s[w * QG + g]);
+    float l_all = 0.f, o = 0.f;
 #pragma unroll
-  for (int w = 0; w < NUM_WARPS; ++w) {
-    weight[w] = l_s[w] > 0.f ? __expf(m_s[w] - m_all) : 0.f;  // warps without tokens weigh 0
-    l_all += l_s[w] * weight[w];
-  }
-  const float inv = l_all > 0.f ? v_scale / l_all : 0.f;  // empty context -> zeros
-  for (int d = threadIdx.x; d < HEAD_DIM; d += NUM_THREADS) {
-    float o = 0.f;
-#pragma unroll
-    for (int w = 0; w < NUM_WARPS; ++w)
-#pragma unroll
-      for (int g = 0; g < G::kVGroups; ++g) o += weight[w] * acc_s[w][g * HEAD_DIM + d];
+    for (int w = 0; w < G::kBdz; ++w) {
+      const float lw = l_s[w * QG + g];
+      const float weight = lw > 0.f ? __expf(m_s[w * QG + g] - m_all) : 0.f;  // slots without tokens weigh 0
+      l_all += lw * weight;
+      o += weight * acc_s[(w * QG + g) * HEAD_DIM + d];
+    }
+    const float inv = l_all > 0.f ? v_scale * v_static / l_all : 0.f;  // empty context -> zeros
+    const long long seq_head = static_cast<long long>(seq) * num_heads + head0 + g;
     if (partition_size > 0) {
       tmp_out[(seq_head * num_parts + part) * HEAD_DIM + d] = o * inv;
+      if (d == 0) {
+        exp_sums[seq_head * num_parts + part] = l_all;
+        max_logits[seq_head * num_parts + part] = m_all;
+      }
     } else {
       out[seq_head * HEAD_DIM + d] = from_float<T>(o * inv);
     }
-  }
-  if (partition_size > 0 && threadIdx.x == 0) {
-    exp_sums[seq_head * num_parts + part] = l_all;
-    max_logits[seq_head * num_parts + part] = m_all;
   }
 }
 
@@ -344,7 +415,8 @@ __device__ __forceinline__ void reduce_partitions(T* __restrict__ out, const flo
   T *__restrict__ out, float *__restrict__ tmp_out, float *__restrict__ exp_sums, float *__restrict__ max_logits,     \
       const T *__restrict__ q, const C *__restrict__ k_cache, const C *__restrict__ v_cache
 #define PAGESIM_DEFINE_DECODE_KERNELS(T, C, SUF, SCALE_PARAMS, SCALES)                                                \
-  extern "C" __global__ void __launch_bounds__(NUM_THREADS, MIN_BLOCKS_PER_SM) paged_decode_##SUF(                    \
+  extern "C" __global__ void __launch_bounds__(pagesim::DecodeGeometry<C>::kThreads,                                \
+                                               pagesim::DecodeGeometry<C>::kMinBlocks) paged_decode_##SUF(                    \
       PAGESIM_DECODE_PARAMS(T, C), const int* __restrict__ block_tables, const int* __restrict__ context_lens,        \
       int num_kv_heads, int max_blocks_per_seq, int partition_size, int window, float scale, float k_scale,           \
       float v_scale SCALE_PARAMS) {                                                                                   \
@@ -352,7 +424,8 @@ __device__ __forceinline__ void reduce_partitions(T* __restrict__ out, const flo
                                     pagesim::PagedTiles{block_tables, max_blocks_per_seq}, context_lens,              \
                                     num_kv_heads, partition_size, window, scale, k_scale, v_scale, SCALES);           \
   }                                                                                                                   \
-  extern "C" __global__ void __launch_bounds__(NUM_THREADS, MIN_BLOCKS_PER_SM) contiguous_decode_##SUF(               \
+  extern "C" __global__ void __launch_bounds__(pagesim::DecodeGeometry<C>::kThreads,                                \
+                                               pagesim::DecodeGeometry<C>::kMinBlocks) contiguous_decode_##SUF(               \
       PAGESIM_DECODE_PARAMS(T, C), const int* __restrict__ context_lens, int num_kv_heads, int max_len,               \
       int partition_size, int window, float scale, float k_scale, float v_scale SCALE_PARAMS) {                       \
     pagesim::decode_attention<T, C>(out, tmp_out, exp_sums, max_logits, q, k_cache, v_cache,                          \

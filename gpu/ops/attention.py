@@ -25,10 +25,11 @@ from gpu.ops.layout import (
     scattered_block_tables,
 )
 from gpu.ops.quant import KVQuant, check_scales, gather_scales_contiguous, parse_kv_dtype, quantize_pool
+from gpu.ops.split import DecodeGeometry, geometry_for
 
 ATTENTION_FILE = "paged_attention.cu"
 VARIANTS = ("paged", "partitioned", "contiguous")
-NUM_THREADS = 128
+NUM_THREADS = 128  # the reduce kernel's CTA size; the decode kernel's comes from DecodeGeometry
 DEFAULT_PARTITION_SIZE = 512
 MAX_PARTITIONS = 1024  # the kernel's MAX_PARTITIONS (reduce kernel's shared-memory weights)
 MAX_GRID_YZ = 65535
@@ -173,6 +174,11 @@ def _check_kv_format(p: DecodeProblem) -> KVQuant | None:
     return kv
 
 
+def geometry(p: DecodeProblem) -> DecodeGeometry:
+    """The decode kernel's launch geometry for this problem (query group, threads, tile)."""
+    return geometry_for(p.head_dim, p.kv_storage.itemsize, p.num_heads, p.num_kv_heads)
+
+
 def num_partitions(p: DecodeProblem) -> int:
     """Partitions of partition_size tokens covering the longest context (>= 1)."""
     return max(1, -(-int(p.context_lens.max(initial=0)) // p.partition_size))
@@ -264,14 +270,16 @@ class PreparedDecode:
                 variant == "contiguous" and choose_variant(p.context_lens, p.num_heads,
                                                            partition_size=p.partition_size) == "partitioned")
         self.partitioned = partitioned
-        defines = {"HEAD_DIM": p.head_dim, "BLOCK_SIZE": p.block_size, "NUM_THREADS": NUM_THREADS}
+        self.geometry = geometry(p)
+        defines = {"HEAD_DIM": p.head_dim, "BLOCK_SIZE": p.block_size, "NUM_THREADS": NUM_THREADS,
+                   "QUERY_GROUP": self.geometry.group}
         if kv is not None:
             defines["KV_QUANT"] = 1  # the quantised kernels live in their own build
         mod = backend.module(ATTENTION_FILE, defines)
         suffix = f"{st.suffix}_{kv.storage.suffix}" if kv else st.suffix
         s, h, d = p.num_seqs, p.num_heads, p.head_dim
         parts = num_partitions(p) if partitioned else 1
-        self._grid = (h, s, parts)
+        self._grid = (h // self.geometry.group, s, parts)  # one CTA per (query group, sequence, partition)
         self._out = backend.empty((s, h, d), st.carrier)
         dummy = backend.empty((1,), np.float32)
         tmp = backend.full((s, h, parts, d), np.nan, np.float32) if partitioned else dummy
@@ -306,9 +314,9 @@ class PreparedDecode:
     def __call__(self) -> None:
         if self.problem.num_seqs == 0:
             return
-        self._decode(self._grid, (NUM_THREADS,), self._args)
+        self._decode(self._grid, (self.geometry.threads,), self._args)
         if self._reduce is not None:
-            self._reduce(self._grid[:2], (NUM_THREADS,), self._reduce_args)
+            self._reduce((self.problem.num_heads, self.problem.num_seqs), (NUM_THREADS,), self._reduce_args)
 
     def output(self) -> np.ndarray:
         self.backend.synchronize()
