@@ -4,6 +4,11 @@ Per kernel variant, a relative-error least-squares fit with non-negative coeffic
   latency_s = c0_s + c_kv_bytes_s * kv_bytes + c_seqs_s * batch_size + c_blocks_s * num_blocks_touched
 (one layer call), reported per block size, written as a versioned parameters file (sim.timing.latency_params)
 that `load_latency_model` reads. `synthetic_timings` makes timings from known coefficients for tests.
+
+The roofline form (`fit_roofline`, for the goal benchmark's rows; NumPy only, no pandas) is
+  latency_s = max(t0_s + kv_bytes / bw_Bps,  t0_s + waves * tiles_per_cta * t_tile_s)
+a bandwidth term and a latency term (waves of resident CTAs x the longest per-CTA chain of pipeline
+tiles), so small grids (batch 1-8, short contexts) are predicted too; its error is reported per regime.
 """
 
 from __future__ import annotations
@@ -15,8 +20,13 @@ import math
 from pathlib import Path
 from typing import Any
 
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:  # pandas is imported where it is used: the roofline fit runs without it
+    import pandas as pd
 
 from sim.presets import KV_DTYPES, GPUSpec, ModelSpec
 from sim.timing.latency_params import (
@@ -44,6 +54,8 @@ class CalibrationError(ValueError):
 
 def read_timings(path: str | Path) -> pd.DataFrame:
     """Read a timings CSV or Parquet file and check it (see `check_timings`)."""
+    import pandas as pd
+
     p = Path(path)
     if not p.is_file():
         raise CalibrationError(f"timings file {p}: not found")
@@ -67,6 +79,8 @@ def check_timings(df: pd.DataFrame, source: str = "timings") -> pd.DataFrame:
     CalibrationError naming the missing columns, or the first bad value's column and CSV line
     (line = row + 2: one header line, 1-based).
     """
+    import pandas as pd
+
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
         raise CalibrationError(f"{source}: missing required column(s) {', '.join(missing)} "
@@ -226,6 +240,8 @@ def fit(timings: pd.DataFrame, *, model: ModelSpec | None = None, gpu: GPUSpec |
 
 def fit_table(params: dict[str, Any]) -> pd.DataFrame:
     """One row per (variant, block size) with n, median and max relative error, plus an "all" row."""
+    import pandas as pd
+
     rows = []
     for v, rep in params["fit"]["variants"].items():
         for r in rep["by_block_size"]:
@@ -267,6 +283,8 @@ def synthetic_timings(coeffs: dict[str, Any], grid: dict[str, list[Any]] | None,
     are drawn uniformly in [context_len/2, 3*context_len/2]; contiguous and torch_sdpa rows have
     block_size 0 and no blocks (one per shape). latency_s = formula * (1 + noise * N(0, 1)), kept > 0.
     """
+    import pandas as pd
+
     g = {**DEFAULT_GRID, **(grid or {})}
     per_variant = coeffs if set(coeffs) <= set(TIMING_VARIANTS) else None
     rows = []
@@ -291,3 +309,69 @@ def synthetic_timings(coeffs: dict[str, Any], grid: dict[str, list[Any]] | None,
         raise CalibrationError("synthetic_timings: the grid is empty")
     assert all(math.isfinite(r["latency_s"]) for r in rows)
     return pd.DataFrame(rows)
+
+
+ROOFLINE_SCHEMA = "pagesim.decode_roofline/1"
+ROOFLINE_FORM = "latency_s = max(t0_s + kv_bytes / bw_Bps, t0_s + waves * tiles_per_cta * t_tile_s)"
+ROOFLINE_COLUMNS = ("variant", "kv_bytes", "waves", "tiles_per_cta", "latency_s")
+
+
+def roofline_predict(p: Mapping[str, float], kv_bytes: np.ndarray, chain: np.ndarray) -> np.ndarray:
+    """Latency of the roofline form; chain = waves x tiles_per_cta (the serial tiles of the grid)."""
+    return p["t0_s"] + np.maximum(np.asarray(kv_bytes, float) / p["bw_Bps"], np.asarray(chain, float) * p["t_tile_s"])
+
+
+def _fit_roofline_variant(b: np.ndarray, w: np.ndarray, y: np.ndarray) -> tuple[dict[str, float], np.ndarray]:
+    """Alternate: assign each row to the term that dominates, refit t0 / 1/bw / t_tile jointly by
+    relative-error NNLS ([1, b, 0] for bandwidth rows, [1, 0, w] for latency rows), until stable."""
+    lat = w * np.min(y / w) >= b * np.min(y / b)  # start: which term the tightest bounds make larger
+    coef = np.zeros(3)
+    for _ in range(50):
+        a = np.column_stack([np.ones_like(y), np.where(lat, 0.0, b), np.where(lat, w, 0.0)])
+        if lat.all() or not lat.any():  # one regime: the other coefficient is unidentified, keep it 0
+            a[:, 1 if lat.all() else 2] = 0.0
+        coef = nnls(a / y[:, None], np.ones_like(y))
+        new = coef[2] * w > coef[1] * b
+        if (new == lat).all():
+            break
+        lat = new
+    c_b = coef[1] if coef[1] > 0 else 1e-30  # s per byte -> bytes/s (inf when unidentified)
+    return {"t0_s": float(coef[0]), "bw_Bps": float(1.0 / c_b), "t_tile_s": float(coef[2])}, lat
+
+
+def fit_roofline(rows: Sequence[Mapping[str, Any]], *, device: str = "") -> dict[str, Any]:
+    """Fit the roofline form per variant to goal-benchmark rows (dicts with ROOFLINE_COLUMNS) and report
+    n / median / max relative error per regime ("bandwidth", "latency"). Raises CalibrationError."""
+    by_variant: dict[str, list[Mapping[str, Any]]] = {}
+    for i, r in enumerate(rows):
+        missing = [c for c in ROOFLINE_COLUMNS if c not in r]
+        if missing:
+            raise CalibrationError(f"roofline rows: row {i} lacks {', '.join(missing)}")
+        if not float(r["latency_s"]) > 0 or not float(r["kv_bytes"]) > 0:
+            raise CalibrationError(f"roofline rows: row {i} needs latency_s > 0 and kv_bytes > 0")
+        by_variant.setdefault(str(r["variant"]), []).append(r)
+    if not by_variant:
+        raise CalibrationError("roofline rows: none given")
+    out: dict[str, Any] = {"schema": ROOFLINE_SCHEMA, "form": ROOFLINE_FORM, "device": device,
+                           "created": _dt.date.today().isoformat(), "variants": {}}
+    for v, rs in sorted(by_variant.items()):
+        b = np.array([float(r["kv_bytes"]) for r in rs])
+        w = np.array([max(float(r["waves"]) * float(r["tiles_per_cta"]), 1.0) for r in rs])
+        y = np.array([float(r["latency_s"]) for r in rs])
+        params, lat = _fit_roofline_variant(b, w, y)
+        err = np.abs(roofline_predict(params, b, w) / y - 1)
+        regimes = {}
+        for name, mask in (("bandwidth", ~lat), ("latency", lat)):
+            e = err[mask]
+            regimes[name] = {"n": int(mask.sum()), "median_rel_err": float(np.median(e)) if e.size else None,
+                             "max_rel_err": float(e.max()) if e.size else None}
+        out["variants"][v] = params | {"n_points": len(rs), "regimes": regimes}
+    return out
+
+
+def write_roofline(params: Mapping[str, Any], path: str | Path) -> Path:
+    """Write a fit_roofline result as JSON; returns the path."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(params, indent=2, allow_nan=True) + "\n")
+    return p
