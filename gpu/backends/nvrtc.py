@@ -82,7 +82,7 @@ class CompileResult:
 
 
 def cuda_include_dir() -> str:
-    """A directory holding cuda_fp16.h: $PAGESIM_CUDA_INCLUDE, the nvidia-cuda-runtime-cu12 wheel,
+    """A directory holding cuda_fp16.h: $PAGESIM_CUDA_INCLUDE, the nvidia-cuda-runtime-cu12 (or 13.x) wheel,
     $CUDA_PATH/include or /usr/local/cuda/include (NVRTC has no built-in copy of these headers)."""
     candidates = []
     if env := os.environ.get("PAGESIM_CUDA_INCLUDE"):
@@ -91,6 +91,12 @@ def cuda_include_dir() -> str:
         import nvidia.cuda_runtime as runtime_wheel
 
         candidates += [os.path.join(p, "include") for p in runtime_wheel.__path__]
+    except ImportError:
+        pass
+    try:  # the CUDA 13 wheels (nvidia-cuda-runtime 13.x) keep their headers under nvidia/cu13/include
+        import nvidia.cu13 as cu13_wheel
+
+        candidates += [os.path.join(p, "include") for p in cu13_wheel.__path__]
     except ImportError:
         pass
     if cuda_path := os.environ.get("CUDA_PATH"):

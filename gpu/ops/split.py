@@ -115,8 +115,10 @@ def choose_partition_size(context_lens: Sequence[int] | np.ndarray, *, head_grou
                           min_partition_tokens: int = MIN_PARTITION_TOKENS) -> int:
     """Split-K for one decode launch: 0 (no split) when the unsplit grid already gives every resident
     CTA slot (num_sms x ctas_per_sm) a CTA, else the largest partition size (a multiple of the
-    block / tile unit, at least min_partition_tokens rounded up to the unit) whose CTAs fill the slots,
-    or the smallest allowed size when even that does not. head_groups = num_heads / query group."""
+    block / tile unit, at least min_partition_tokens rounded up to the unit) for the fewest partitions
+    of the longest context whose CTAs fill the slots (balanced: the longest sequence's partitions are
+    equal up to one unit, so the longest per-CTA chain is as short as that count allows), or the
+    smallest allowed size when even that does not fill them. head_groups = num_heads / query group."""
     lens = np.asarray(context_lens, np.int64)
     for name, v in (("head_groups", head_groups), ("block_size", block_size), ("tile_tokens", tile_tokens),
                     ("num_sms", num_sms), ("ctas_per_sm", ctas_per_sm), ("max_partitions", max_partitions)):

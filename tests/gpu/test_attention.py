@@ -24,7 +24,7 @@ def problem(lens=RAGGED, *, dtype="float16", heads=8, kv_heads=2, head_dim=128, 
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("kv_heads", [1, 2, 8])
+@pytest.mark.parametrize("kv_heads", [1, 2, 4, 8])  # query groups 8, 4, 2, 1
 @pytest.mark.parametrize("variant", A.VARIANTS)
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 def test_matches_reference(backend, dtype, variant, kv_heads):
