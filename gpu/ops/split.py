@@ -54,8 +54,8 @@ class DecodeGeometry:
 
     @property
     def vec(self) -> int:
-        """Elements of a row per thread."""
-        return max(16 // self.kv_itemsize, self.head_dim // 32)
+        """Elements of a row per thread (8 lanes per row for 1- and 2-byte storage, 32 for fp32)."""
+        return max(16 // self.kv_itemsize, self.head_dim // (32 if self.kv_itemsize >= 4 else 8))
 
     @property
     def row_threads(self) -> int:
