@@ -127,8 +127,12 @@ template <typename C> struct DecodeGeometry {
   static constexpr int kVec = kVec16 > HEAD_DIM / kRowLanes ? kVec16 : HEAD_DIM / kRowLanes;
   static constexpr int kBdx = HEAD_DIM / kVec;
   static constexpr int kGroup = QUERY_GROUP;  // query heads per CTA, all reading one kv head
-  static constexpr int kThreads = kBdx * kGroup > 128 ? kBdx * kGroup : 128;
-  static constexpr int kBdz = kThreads / (kBdx * kGroup);  // token slots: thread z takes tokens z, z + kBdz, ..
+  // Heads per thread: 2 when registers allow (kVec <= 16), so a K/V slice read from shared memory and
+  // widened to float serves two heads (the widening is most of the per-token work for fp8 / fp16).
+  static constexpr int kHpt = kGroup >= 2 && kVec <= 16 ? 2 : 1;
+  static constexpr int kBdy = kGroup / kHpt;  // threads along the group
+  static constexpr int kThreads = kBdx * kBdy > 128 ? kBdx * kBdy : 128;
+  static constexpr int kBdz = kThreads / (kBdx * kBdy);  // token slots: thread z takes tokens z, z + kBdz, ..
   static constexpr int kRowChunks = HEAD_DIM * static_cast<int>(sizeof(C)) / 16;  // 16-byte chunks per row
   static constexpr int kTile = KV_TILE_BYTES / (HEAD_DIM * static_cast<int>(sizeof(C)));  // tokens per stage
   static constexpr int kTokPerThread = kTile / kBdz;
@@ -140,7 +144,7 @@ template <typename C> struct DecodeGeometry {
   static_assert(kTile >= kBdz && kTile % kBdz == 0 && kTile <= kThreads, "KV_TILE_BYTES out of range for HEAD_DIM");
   static_assert(kChunks >= 1 && kChunks * kThreads == kTile * kRowChunks && kThreads % kRowChunks == 0,
                 "KV_TILE_BYTES must be a multiple of 16 * threads");
-  static_assert(kThreads * kVec * 4 + 2 * kThreads * 4 <= kRingBytes, "merge buffers must fit in the ring");
+  static_assert(kThreads * kHpt * kVec * 4 + 2 * kBdz * kGroup * 4 <= kRingBytes, "merge buffers must fit in the ring");
 };
 
 // T: q / out type; C: KV storage type (T itself, or a quantised code type with `scales`).
@@ -153,13 +157,13 @@ __device__ __forceinline__ void decode_attention(T* __restrict__ out, float* __r
                                                  int partition_size, int window, float scale, float k_scale,
                                                  float v_scale, const KVScales scales) {
   using G = DecodeGeometry<C>;
-  constexpr int VEC = G::kVec, TILE = G::kTile, NT = G::kThreads, QG = QUERY_GROUP;
+  constexpr int VEC = G::kVec, TILE = G::kTile, NT = G::kThreads, QG = QUERY_GROUP, HPT = G::kHpt;
   constexpr int TILE_ELEMS = TILE * HEAD_DIM;
   constexpr bool kQuant = KVQuant<C>::kQuantized;
   const int seq = blockIdx.y, part = blockIdx.z;
   const int num_heads = gridDim.x * QG, num_parts = gridDim.z;
   const int tid = threadIdx.x;
-  const int x = tid % G::kBdx, y = (tid / G::kBdx) % QG, z = tid / (G::kBdx * QG);
+  const int x = tid % G::kBdx, y = (tid / G::kBdx) % G::kBdy, z = tid / (G::kBdx * G::kBdy);  // heads y*HPT ..
   const int head0 = blockIdx.x * QG;  // this CTA's query heads: head0 .. head0 + QG - 1
   const int kv_head = head0 / (num_heads / num_kv_heads);
   const int ctx = context_lens[seq];
@@ -197,12 +201,15 @@ __device__ __forceinline__ void decode_attention(T* __restrict__ out, float* __r
   }
 
   // this thread's query slice, pre-scaled
-  float qv[VEC];
+  float qv[HPT][VEC];
   {
     const float qs = scale * k_scale * k_static;
-    const T* qp = q + (static_cast<long long>(seq) * num_heads + head0 + y) * HEAD_DIM + x * VEC;
 #pragma unroll
-    for (int e = 0; e < VEC; ++e) qv[e] = to_float(qp[e]) * qs;
+    for (int h = 0; h < HPT; ++h) {
+      const T* qp = q + (static_cast<long long>(seq) * num_heads + head0 + y * HPT + h) * HEAD_DIM + x * VEC;
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) qv[h][e] = to_float(qp[e]) * qs;
+    }
   }
 
   // Copy assignment: thread tid copies 16-byte column c_col of tokens c_tok + k * kChunkTokStride of
@@ -242,10 +249,14 @@ __device__ __forceinline__ void decode_attention(T* __restrict__ out, float* __r
     }
   };
 
-  float m = PAGESIM_NEG_INF, l = 0.f;  // running max and sum of exp(logit - m) over this thread's tokens
-  float acc[VEC];
+  float m[HPT], l[HPT], acc[HPT][VEC];  // per head: running max, sum of exp(logit - m), sum of p * V
 #pragma unroll
-  for (int e = 0; e < VEC; ++e) acc[e] = 0.f;
+  for (int h = 0; h < HPT; ++h) {
+    m[h] = PAGESIM_NEG_INF;
+    l[h] = 0.f;
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) acc[h][e] = 0.f;
+  }
 
   fetch_ids(0);
 #pragma unroll
@@ -266,62 +277,81 @@ __device__ __forceinline__ void decode_attention(T* __restrict__ out, float* __r
     const C* vt = v_ring + stage * TILE_ELEMS + x * VEC;
     const int tok0 = tile0 + i * TILE;
 
-    // (1) logits of this thread's tokens z, z + kBdz, ...: kBdx lanes dot their slices, then reduce
-    float logit[G::kTokPerThread];
+    // (1) logits of this thread's tokens z, z + kBdz, ... for its HPT heads: kBdx lanes dot their
+    // slices (each K chunk widened once for all heads), then reduce across the lanes
+    float logit[HPT][G::kTokPerThread];
+    bool valid[G::kTokPerThread];
 #pragma unroll
     for (int j = 0; j < G::kTokPerThread; ++j) {
+      const int tok = tok0 + z + j * G::kBdz;
+      valid[j] = tok >= t_begin && tok < t_end;
       const C* row = kt + (z + j * G::kBdz) * HEAD_DIM;
-      float dot = 0.f;
+      float dot[HPT];
+#pragma unroll
+      for (int h = 0; h < HPT; ++h) dot[h] = 0.f;
 #pragma unroll
       for (int c = 0; c < VEC / G::kVec16; ++c) {
         float kv[G::kVec16];
         load_vec16(row + c * G::kVec16, kv);
 #pragma unroll
-        for (int e = 0; e < G::kVec16; ++e) dot += qv[c * G::kVec16 + e] * kv[e];
+        for (int h = 0; h < HPT; ++h)
+#pragma unroll
+          for (int e = 0; e < G::kVec16; ++e) dot[h] += qv[h][c * G::kVec16 + e] * kv[e];
       }
-      logit[j] = dot;
+#pragma unroll
+      for (int h = 0; h < HPT; ++h) logit[h][j] = dot[h];
     }
 #pragma unroll
-    for (int j = 0; j < G::kTokPerThread; ++j) logit[j] = xor_reduce_sum<1, G::kBdx>(logit[j]);
-    float tile_max = PAGESIM_NEG_INF;
+    for (int j = 0; j < G::kTokPerThread; ++j)
 #pragma unroll
-    for (int j = 0; j < G::kTokPerThread; ++j) {
-      const int tt = z + j * G::kBdz, tok = tok0 + tt;
-      float s = logit[j];
-      if constexpr (kQuant) {
-        if (token_scales) s *= ks_ring[stage * TILE + tt];
-      }
-      logit[j] = tok >= t_begin && tok < t_end ? s : PAGESIM_NEG_INF;  // a select: garbage never leaks
-      tile_max = fmaxf(tile_max, logit[j]);
-    }
+      for (int h = 0; h < HPT; ++h) logit[h][j] = xor_reduce_sum<1, G::kBdx>(logit[h][j]);
 
     // (2) online softmax and (3) acc += p * V over the valid tokens (no cross-thread traffic)
-    const float m_new = fmaxf(m, tile_max);
-    if (m_new != PAGESIM_NEG_INF) {  // else: no valid token yet for this thread
-      const float alpha = __expf(m - m_new);  // 0 while m is -inf
-      l *= alpha;
+    float m_new[HPT];
 #pragma unroll
-      for (int e = 0; e < VEC; ++e) acc[e] *= alpha;
+    for (int h = 0; h < HPT; ++h) {
+      float tile_max = PAGESIM_NEG_INF;
 #pragma unroll
       for (int j = 0; j < G::kTokPerThread; ++j) {
-        const int tt = z + j * G::kBdz;
-        if (logit[j] == PAGESIM_NEG_INF) continue;  // masked (never read: may be stale or poison)
-        const float p = __expf(logit[j] - m_new);
-        l += p;
-        float pv = p;
+        float sc = logit[h][j];
         if constexpr (kQuant) {
-          if (token_scales) pv *= vs_ring[stage * TILE + tt];
+          if (token_scales) sc *= ks_ring[stage * TILE + z + j * G::kBdz];
         }
-        const C* row = vt + tt * HEAD_DIM;
+        logit[h][j] = valid[j] ? sc : PAGESIM_NEG_INF;  // a select: garbage (stale or poison) never leaks
+        tile_max = fmaxf(tile_max, logit[h][j]);
+      }
+      m_new[h] = fmaxf(m[h], tile_max);
+      // 0 while m is -inf; 1 while no valid token has been seen at all (then acc and l are 0 anyway)
+      const float alpha = m_new[h] == PAGESIM_NEG_INF ? 1.f : __expf(m[h] - m_new[h]);
+      l[h] *= alpha;
 #pragma unroll
-        for (int c = 0; c < VEC / G::kVec16; ++c) {
-          float vv[G::kVec16];
-          load_vec16(row + c * G::kVec16, vv);
+      for (int e = 0; e < VEC; ++e) acc[h][e] *= alpha;
+      m[h] = m_new[h];
+    }
 #pragma unroll
-          for (int e = 0; e < G::kVec16; ++e) acc[c * G::kVec16 + e] += pv * vv[e];
+    for (int j = 0; j < G::kTokPerThread; ++j) {
+      if (!valid[j]) continue;  // masked tokens are never read (their V rows may be stale or poison)
+      const int tt = z + j * G::kBdz;
+      float pv[HPT];
+#pragma unroll
+      for (int h = 0; h < HPT; ++h) {
+        const float p = __expf(logit[h][j] - m_new[h]);
+        l[h] += p;
+        pv[h] = p;
+        if constexpr (kQuant) {
+          if (token_scales) pv[h] *= vs_ring[stage * TILE + tt];
         }
       }
-      m = m_new;
+      const C* row = vt + tt * HEAD_DIM;
+#pragma unroll
+      for (int c = 0; c < VEC / G::kVec16; ++c) {
+        float vv[G::kVec16];
+        load_vec16(row + c * G::kVec16, vv);
+#pragma unroll
+        for (int h = 0; h < HPT; ++h)
+#pragma unroll
+          for (int e = 0; e < G::kVec16; ++e) acc[h][c * G::kVec16 + e] += pv[h] * vv[e];
+      }
     }
     __syncthreads();  // everyone is done with `stage` before it is refilled
   }
@@ -331,10 +361,14 @@ __device__ __forceinline__ void decode_attention(T* __restrict__ out, float* __r
   float* m_s = acc_s + G::kBdz * QG * HEAD_DIM;   // [kBdz][QG]
   float* l_s = m_s + G::kBdz * QG;
 #pragma unroll
-  for (int e = 0; e < VEC; ++e) acc_s[(z * QG + y) * HEAD_DIM + x * VEC + e] = acc[e];
-  if (x == 0) {
-    m_s[z * QG + y] = m;
-    l_s[z * QG + y] = l;
+  for (int h = 0; h < HPT; ++h) {
+    const int g = z * QG + y * HPT + h;
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) acc_s[g * HEAD_DIM + x * VEC + e] = acc[h][e];
+    if (x == 0) {
+      m_s[g] = m[h];
+      l_s[g] = l[h];
+    }
   }
   __syncthreads();
   for (int idx = tid; idx < QG * HEAD_DIM; idx += NT) {

@@ -62,8 +62,13 @@ class DecodeGeometry:
         return self.head_dim // self.vec
 
     @property
+    def heads_per_thread(self) -> int:
+        """2 when registers allow (vec <= 16): one widened K/V slice serves two heads."""
+        return 2 if self.group >= 2 and self.vec <= 16 else 1
+
+    @property
     def threads(self) -> int:
-        return max(128, self.row_threads * self.group)
+        return max(128, self.row_threads * self.group // self.heads_per_thread)
 
     @property
     def tile_tokens(self) -> int:

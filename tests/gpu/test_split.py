@@ -31,13 +31,15 @@ def test_query_group_rejects_bad_heads():
 
 
 @pytest.mark.parametrize("d,item,group,threads,tile", [
-    (128, 2, 1, 128, 32), (128, 2, 8, 128, 32), (128, 4, 8, 256, 16), (256, 2, 8, 128, 16),
-    (256, 4, 8, 256, 8), (64, 1, 1, 128, 128), (128, 1, 4, 128, 64), (256, 1, 8, 128, 32), (64, 2, 8, 128, 64)])
+    (128, 2, 1, 128, 32), (128, 2, 8, 128, 32), (128, 4, 8, 128, 16), (256, 2, 8, 128, 16),
+    (256, 4, 8, 128, 8), (64, 1, 1, 128, 128), (128, 1, 4, 128, 64), (256, 1, 8, 128, 32), (64, 2, 8, 128, 64)])
 def test_geometry_matches_the_kernel_formulas(d, item, group, threads, tile):
     g = DecodeGeometry(d, item, group)
     assert (g.threads, g.tile_tokens) == (threads, tile)
     assert g.row_threads * g.vec == d and g.row_threads <= 32
-    assert g.tile_tokens % (g.threads // (g.row_threads * group)) == 0  # every token slot gets tokens
+    slots = g.threads // (g.row_threads * group // g.heads_per_thread)
+    assert g.tile_tokens % slots == 0  # every token slot gets tokens
+    assert g.heads_per_thread == (2 if group >= 2 and g.vec <= 16 else 1)
     assert g.smem_bytes == 2 * 2 * 8192 + 2 * 2 * tile * 4
     assert g.min_blocks * g.threads == 512  # a 128-register budget per thread
 
@@ -47,8 +49,7 @@ def test_ctas_per_sm_limits():
     assert g.ctas_per_sm() == 4  # launch-bounds worst case: 128 registers x 128 threads
     assert g.ctas_per_sm(registers=64) == 6  # then shared memory (33.3 KiB + 1 KiB of 228 KiB) limits
     assert g.ctas_per_sm(registers=64, smem_per_sm=164 * 1024) == 4  # A100
-    assert DecodeGeometry(256, 4, 8).ctas_per_sm(registers=40) == 6  # 256 threads: smem-bound as well
-    assert DecodeGeometry(256, 4, 8).ctas_per_sm() == 2  # 256 threads x 128 registers
+    assert DecodeGeometry(256, 4, 8).ctas_per_sm(registers=40) == 6  # fp32 head_dim 256: smem-bound as well
 
 
 def test_no_split_when_the_grid_fills_the_gpu():
