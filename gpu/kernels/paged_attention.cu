@@ -120,10 +120,11 @@ struct KVScales {
 template <typename C> struct DecodeGeometry {
   static constexpr int kVec16 = 16 / static_cast<int>(sizeof(C));  // elements per 16-byte chunk
   // kVec elements of a row per thread, kBdx threads per row (a power of two: one shuffle group). Few
-  // lanes per row (8 for 1- and 2-byte storage) keep the per-token shuffles, softmax and predicates
-  // few (measured: -17% instructions per tile at GQA 4); fp32 keeps 32 lanes so its 8-token tiles
-  // still give every token slot a token.
-  static constexpr int kRowLanes = sizeof(C) >= 4 ? 32 : 8;
+  // lanes per row keep the per-token shuffles, softmax and predicates few: for 1- and 2-byte storage
+  // 32 elements per thread with one head per thread (QUERY_GROUP 1), 16 with two heads per thread
+  // (registers); measured on the sm_90 loop: -17% instructions per tile at GQA 4 (16 vs 8 elements),
+  // -26% for fp8 at GQA 1 (32 vs 16). fp32 keeps 32 lanes so its 8-token tiles fill every token slot.
+  static constexpr int kRowLanes = sizeof(C) >= 4 ? 32 : QUERY_GROUP == 1 ? HEAD_DIM / 32 : 8;
   static constexpr int kVec = kVec16 > HEAD_DIM / kRowLanes ? kVec16 : HEAD_DIM / kRowLanes;
   static constexpr int kBdx = HEAD_DIM / kVec;
   static constexpr int kGroup = QUERY_GROUP;  // query heads per CTA, all reading one kv head
