@@ -145,7 +145,7 @@ class DeviceDecode:
         self._tmp = xp.empty((b, h, self.parts, d) if split else (1,), dtype=np.float32)
         self._es = xp.empty((b, h, self.parts) if split else (1,), dtype=np.float32)
         self._ml = xp.empty_like(self._es)
-        scalars = (np.int32(partition_size if split else 0), np.int32(0), np.float32(1 / math.sqrt(d)),
+        scalars: tuple[Any, ...] = (np.int32(partition_size if split else 0), np.int32(0), np.float32(1 / math.sqrt(d)),
                    np.float32(1.0), np.float32(1.0))
         if prob.scales is not None:
             scalars += (prob.scales, prob.scales, np.int32(0))  # per_tensor

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import math
 import sys
 import time
@@ -97,8 +98,8 @@ def measure_shape(backend: Backend, shape: GoalShape, *, num_sms: int, timer: Ti
     diff, ref_err = dd.max_paged_contiguous_diff(), dd.reference_error(0)
     once = float(np.median(timer.measure(lambda: dd.launch("paged"), reps=2, warmup=1)))
     reps = int(min(50, max(3, target_s / rounds / 2 / max(once, 1e-9))))
-    samples = alternating({v: (lambda v=v: dd.launch(v)) for v in ("paged", "contiguous")}, timer,
-                          rounds=rounds, reps=reps)
+    launches: dict[str, Callable[[], None]] = {v: functools.partial(dd.launch, v) for v in ("paged", "contiguous")}
+    samples = alternating(launches, timer, rounds=rounds, reps=reps)
     slots = num_sms * dd.ctas_per_sm
     rows = []
     for v, s in samples.items():
@@ -113,7 +114,6 @@ def measure_shape(backend: Backend, shape: GoalShape, *, num_sms: int, timer: Ti
             "tiles_per_cta": dd.tiles_per_cta, "threads": dd.geometry.threads, "query_group": dd.geometry.group,
             "max_paged_contig_diff": diff, "ref_err": ref_err, "backend": backend.name, "note": "",
         })
-    del dd, prob
     return rows
 
 

@@ -17,11 +17,9 @@ import datetime as _dt
 import itertools
 import json
 import math
-from pathlib import Path
-from typing import Any
-
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 

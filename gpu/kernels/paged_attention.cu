@@ -21,21 +21,31 @@
 // codes are widened to float in registers, a token's K scale multiplies its logit and its V scale
 // its probability, so the inner loops are those of the float kernels.
 //
-// Work split: grid (num_heads, num_seqs, num_partitions), NUM_THREADS threads. Warps take KV blocks
-// round-robin; per block a warp (1) computes BLOCK_SIZE logits, TPT lanes per token each dotting
-// 16-byte vectors of K with q (q * scale kept in shared memory), (2) updates its running max and
-// sum (online softmax), (3) publishes the probabilities in shared memory and accumulates
-// p * V with lanes spread over head_dim. Warps merge through shared memory at the end.
-// Partitioned: each block covers partition_size tokens (a multiple of BLOCK_SIZE) and writes its
-// normalised partial output, exp-sum and max logit; decode_reduce_* merges the partitions.
+// Work split: grid (num_heads / QUERY_GROUP, num_seqs, num_partitions); one CTA serves the
+// QUERY_GROUP query heads head0 .. head0 + QUERY_GROUP - 1, which all read one kv head, so each K/V
+// tile is loaded once for the whole group. kThreads threads (DecodeGeometry below, 128 for every
+// supported instantiation): thread (x, y, z) holds kVec elements x*kVec.. of a row, heads
+// y*kHpt .. y*kHpt + kHpt - 1 of the group, and token slot z (tokens z, z + kBdz, .. of each tile).
+// Software pipeline: the CTA walks its tokens in tiles of kTile tokens (KV_TILE_BYTES of K and as many
+// of V); KV_STAGES tiles live in a shared-memory ring filled with cp.async (16-byte copies, K and V
+// issued together, plus 4-byte copies of per-token scales). While tile i is computed, tile i + 1 is in
+// flight, and the block-table entries of tile i + 2 are being loaded into registers.
+// Per tile a thread (1) dots its K slices with its q slices (each slice widened once for its heads) and
+// reduces across the kBdx lanes of a row, (2) updates its running max and sum per head (online
+// softmax), (3) accumulates p * V. Token slots merge through shared memory at the end.
+// Partitioned: each CTA covers partition_size tokens (a multiple of BLOCK_SIZE) and writes its
+// normalised partial output, exp-sum and max logit per head; decode_reduce_* merges the partitions.
 // Sliding window (window > 0): only the last `window` tokens are read; blocks before them are
-// skipped entirely. k_scale / v_scale multiply K and V (1.0 for float storage) on top of any scale
-// arrays of quantised storage.
+// never read (their table entries may be -1). k_scale / v_scale multiply K and V (1.0 for float
+// storage) on top of any scale arrays of quantised storage; static (per_tensor / per_kv_head) scales
+// are hoisted out of the loop into q and the output.
 //
 // Compile-time configuration (-D): HEAD_DIM (64/128/256), BLOCK_SIZE (8..128, power of two),
-// NUM_THREADS (multiple of 32), MAX_PARTITIONS (reduce kernel's shared-memory weight array),
-// MIN_BLOCKS_PER_SM (register budget, see below), KV_QUANT (1: the quantised kernels instead of
-// the float ones, so that a float user does not compile them).
+// QUERY_GROUP (1, 2, 4, 8: query heads per CTA), KV_STAGES (2..4), KV_TILE_BYTES (8192; the ring is
+// 2 * KV_STAGES * KV_TILE_BYTES of static shared memory, so 2 stages of 8 KiB fit the 48 KiB limit),
+// NUM_THREADS (the reduce kernel's CTA size, multiple of 32), MAX_PARTITIONS (reduce kernel's
+// shared-memory weight array), MIN_BLOCKS_PER_SM (register budget, see below), KV_QUANT (1: the
+// quantised kernels instead of the float ones, so that a float user does not compile them).
 #include "common.cuh"
 
 #ifndef HEAD_DIM
@@ -50,9 +60,9 @@
 #ifndef MAX_PARTITIONS
 #define MAX_PARTITIONS 1024
 #endif
-// Register budget: at least this many blocks per SM, i.e. <= 65536 / (4 * 128) = 128 registers per
-// thread. With that budget ptxas hoists the 16-byte loads (memory-level parallelism) and never spills
-// in any instantiation; its default heuristic picked ~48 registers and spilled a few bytes in some.
+// Register budget: at least this many 128-thread blocks per SM (scaled for other CTA sizes), i.e.
+// <= 65536 / (4 * 128) = 128 registers per thread. With that budget ptxas never spills in any
+// instantiation (benchmarks/results/kernel_resources.md); its default heuristic spilled in some.
 #ifndef MIN_BLOCKS_PER_SM
 #define MIN_BLOCKS_PER_SM 4
 #endif

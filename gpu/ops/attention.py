@@ -25,7 +25,7 @@ from gpu.ops.layout import (
     scattered_block_tables,
 )
 from gpu.ops.quant import KVQuant, check_scales, gather_scales_contiguous, parse_kv_dtype, quantize_pool
-from gpu.ops.split import DecodeGeometry, geometry_for
+from gpu.ops.split import DecodeGeometry, choose_partition_size, geometry_for
 
 ATTENTION_FILE = "paged_attention.cu"
 VARIANTS = ("paged", "partitioned", "contiguous")
@@ -177,6 +177,16 @@ def _check_kv_format(p: DecodeProblem) -> KVQuant | None:
 def geometry(p: DecodeProblem) -> DecodeGeometry:
     """The decode kernel's launch geometry for this problem (query group, threads, tile)."""
     return geometry_for(p.head_dim, p.kv_storage.itemsize, p.num_heads, p.num_kv_heads)
+
+
+def plan_partition_size(p: DecodeProblem, *, num_sms: int, registers: int | None = None) -> int:
+    """The split-K partition size for this problem on a GPU with num_sms SMs (0 = do not split):
+    gpu.ops.split.choose_partition_size with this kernel's geometry and CTAs per SM (`registers` as
+    compiled, None = the launch-bounds worst case). Set it as partition_size and run "partitioned"."""
+    g = geometry(p)
+    return choose_partition_size(p.context_lens, head_groups=p.num_heads // g.group, block_size=p.block_size,
+                                 tile_tokens=g.tile_tokens, num_sms=num_sms, ctas_per_sm=g.ctas_per_sm(registers),
+                                 max_partitions=MAX_PARTITIONS)
 
 
 def num_partitions(p: DecodeProblem) -> int:

@@ -56,10 +56,7 @@ class DecodeGeometry:
     def vec(self) -> int:
         """Elements of a row per thread: 1- and 2-byte storage 32 at group 1 and else 16 (8 lanes per
         row at head_dim 128), fp32 head_dim / 32 (32 lanes)."""
-        if self.kv_itemsize >= 4:
-            lanes = 32
-        else:
-            lanes = self.head_dim // 32 if self.group == 1 else 8
+        lanes = 32 if self.kv_itemsize >= 4 else self.head_dim // 32 if self.group == 1 else 8
         return max(16 // self.kv_itemsize, self.head_dim // lanes)
 
     @property

@@ -96,3 +96,17 @@ def test_mixed_lengths_count_only_nonempty_partitions():
 def test_split_rejects_bad_arguments():
     with pytest.raises(ValueError, match="num_sms = 0"):
         choose_partition_size([100], head_groups=1, block_size=16, tile_tokens=32, ctas_per_sm=4, num_sms=0)
+
+
+def test_planned_split_runs_and_matches_the_reference():
+    from gpu_testing import assert_close, backend_for, reference_for
+
+    from gpu.ops import attention as A
+
+    p = A.make_problem([700, 3], num_heads=8, num_kv_heads=2, head_dim=64, block_size=16, dtype="float16",
+                       rng=np.random.default_rng(3))
+    size = A.plan_partition_size(p, num_sms=132)
+    assert size == 256  # 2 head groups x 2 sequences: split to the 256-token floor (3 partitions)
+    p.partition_size = size
+    assert_close(A.run(p, "partitioned", backend_for("cpu")), reference_for(p), "float16")
+    assert A.plan_partition_size(p, num_sms=1) == 0  # 4 CTAs fill a 1-SM GPU
