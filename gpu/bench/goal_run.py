@@ -86,8 +86,9 @@ def _registers(dd: DeviceDecode) -> int | None:
 
 
 def measure_shape(backend: Backend, shape: GoalShape, *, num_sms: int, timer: Timer, rounds: int,
-                  target_s: float) -> list[dict[str, Any]]:
-    """Rows of one shape: paged and contiguous (same split), checked, timed in alternating rounds."""
+                  target_s: float, notes: list[str] | None = None) -> list[dict[str, Any]]:
+    """Rows of one shape: paged and contiguous (same split), checked, timed in alternating rounds, plus
+    FlashInfer's kernel where installed (else its reason goes to `notes`, once)."""
     prob = build_problem(backend.xp, shape)
     dd = DeviceDecode(backend, shape, prob, num_sms=num_sms)
     regs = _registers(dd)
@@ -99,6 +100,7 @@ def measure_shape(backend: Backend, shape: GoalShape, *, num_sms: int, timer: Ti
     once = float(np.median(timer.measure(lambda: dd.launch("paged"), reps=2, warmup=1)))
     reps = int(min(50, max(3, target_s / rounds / 2 / max(once, 1e-9))))
     launches: dict[str, Callable[[], None]] = {v: functools.partial(dd.launch, v) for v in ("paged", "contiguous")}
+    fi_diff = _add_flashinfer(backend, shape, prob, dd, launches, notes)
     samples = alternating(launches, timer, rounds=rounds, reps=reps)
     slots = num_sms * dd.ctas_per_sm
     rows = []
@@ -112,9 +114,31 @@ def measure_shape(backend: Backend, shape: GoalShape, *, num_sms: int, timer: Ti
             "partition_size": dd.partition_size, "partitions": dd.parts, "num_ctas": dd.num_ctas,
             "ctas_per_sm": dd.ctas_per_sm, "num_sms": num_sms, "waves": -(-dd.num_ctas // slots),
             "tiles_per_cta": dd.tiles_per_cta, "threads": dd.geometry.threads, "query_group": dd.geometry.group,
-            "max_paged_contig_diff": diff, "ref_err": ref_err, "backend": backend.name, "note": "",
+            "max_paged_contig_diff": fi_diff if v == "flashinfer" else diff, "ref_err": ref_err,
+            "backend": backend.name, "note": "max_paged_contig_diff: |flashinfer - paged|" if v == "flashinfer" else "",
         })
     return rows
+
+
+def _add_flashinfer(backend: Backend, shape: GoalShape, prob: Any, dd: DeviceDecode,
+                    launches: dict[str, Callable[[], None]], notes: list[str] | None) -> float:
+    """Add FlashInfer's launch when it can run; returns max |its output - paged| (NaN when absent)."""
+    from gpu.bench import flashinfer_baseline as fi
+
+    reason = fi.unavailable(backend.name, shape)
+    if not reason:
+        try:
+            launch, output = fi.make_launch(shape, prob)
+            launch()
+            xp = backend.xp
+            out = xp.from_dlpack(output()).astype(np.float32)
+            launches["flashinfer"] = launch
+            return float(xp.max(xp.abs(out - dd.out["paged"].astype(np.float32))))
+        except Exception as e:  # an API drift in an optional baseline must not stop the check
+            reason = f"flashinfer baseline failed: {type(e).__name__}: {e}"
+    if notes is not None and reason not in notes:
+        notes.append(reason)
+    return math.nan
 
 
 def finish_rows(rows: list[dict[str, Any]], device: str, peak: float, ceiling: float) -> None:
@@ -146,13 +170,16 @@ def verdict(rows: list[dict[str, Any]], device: str, peak: float, ceiling: float
              f"Peak (data sheet): {peak / 1e12:.2f} TB/s; measured read ceiling (bandwidth.cu read_stream): "
              f"{ceiling / 1e12:.3f} TB/s ({_pct(ceiling / peak) if peak > 0 else 'n/a'} of peak).", "",
              "| shape | split | CTAs x waves | paged % peak | paged % ceiling | contiguous % peak | "
-             "paged overhead | max paged-contig diff | ref err |", "|---|---|---|---|---|---|---|---|---|"]
+             "paged overhead | flashinfer % peak | max paged-contig diff | ref err |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     by = {(r["shape_id"], r["variant"]): r for r in rows}
     for sid in dict.fromkeys(r["shape_id"] for r in rows):
         p, c = by[(sid, "paged")], by[(sid, "contiguous")]
+        f = by.get((sid, "flashinfer"))
         lines.append(f"| {sid} | {p['partitions']} x {p['partition_size']} | {p['num_ctas']} x {p['waves']} | "
                      f"{_pct(p['bw_fraction_peak'])} | {_pct(p['bw_fraction_ceiling'])} | "
                      f"{_pct(c['bw_fraction_peak'])} | {p['paged_overhead_pct']:+.1f}% | "
+                     f"{_pct(f['bw_fraction_peak']) if f else '-'} | "
                      f"{p['max_paged_contig_diff']:.2g} | {p['ref_err']:.2g} |")
     paged = [by[(s, "paged")] for s in dict.fromkeys(r["shape_id"] for r in rows)]
     fr = [r["bw_fraction_peak"] for r in paged if math.isfinite(r["bw_fraction_peak"])]
@@ -161,7 +188,7 @@ def verdict(rows: list[dict[str, Any]], device: str, peak: float, ceiling: float
               + (f"median {_pct(float(np.median(fr)))}, min {_pct(min(fr))}" if fr else "n/a (no peak)")
               + (f"; paged overhead median {np.median(ov):+.1f}%, max {max(ov):+.1f}%" if ov else "")]
     if skipped:
-        lines += ["", "Skipped:", *(f"- {s}" for s in skipped)]
+        lines += ["", "Skipped / not run:", *(f"- {s}" for s in skipped)]
     return "\n".join(lines) + "\n"
 
 
@@ -178,6 +205,7 @@ def run_goal(out_dir: Path, *, backend: str = "auto", dry_run: bool = False, bud
     shapes = goal_shapes(dry_run=dry_run)
     rows: list[dict[str, Any]] = []
     skipped: list[str] = []
+    notes: list[str] = []  # why an optional baseline did not run
     per_shape = budget_s / max(len(shapes), 1) / 2  # half of a shape's share goes to timing
     for shape in shapes:
         if time.perf_counter() - t0 > budget_s:
@@ -188,17 +216,18 @@ def run_goal(out_dir: Path, *, backend: str = "auto", dry_run: bool = False, bud
                            f"{free / 2**30:.1f} GiB free")
             continue
         rows += measure_shape(be, shape, num_sms=num_sms, timer=timer, rounds=rounds,
-                              target_s=per_shape if be.name == "cupy" else 0.0)
+                              target_s=per_shape if be.name == "cupy" else 0.0, notes=notes)
         if be.name == "cupy":
             import cupy
 
             cupy.get_default_memory_pool().free_all_blocks()
-        log(f"{shape.shape_id}: paged {rows[-2]['latency_s'] * 1e6:.1f} us, contiguous "
-            f"{rows[-1]['latency_s'] * 1e6:.1f} us ({time.perf_counter() - t0:.0f} s)")
+        by_v = {r["variant"]: r["latency_s"] for r in rows if r["shape_id"] == shape.shape_id}
+        log(f"{shape.shape_id}: " + ", ".join(f"{v} {t * 1e6:.1f} us" for v, t in by_v.items())
+            + f" ({time.perf_counter() - t0:.0f} s)")
     finish_rows(rows, device, peak, ceiling)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_csv(rows, out_dir / "timings.csv")
-    (out_dir / "verdict.md").write_text(verdict(rows, device, peak, ceiling, skipped))
+    (out_dir / "verdict.md").write_text(verdict(rows, device, peak, ceiling, skipped + notes))
     if rows:
         from gpu.calibration.kernels import fit_roofline, write_roofline
 
