@@ -145,12 +145,15 @@ template <typename C> struct DecodeGeometry {
   static constexpr int kThreads = kBdx * kBdy > 128 ? kBdx * kBdy : 128;
   static constexpr int kBdz = kThreads / (kBdx * kBdy);  // token slots: thread z takes tokens z, z + kBdz, ..
   static constexpr int kRowChunks = HEAD_DIM * static_cast<int>(sizeof(C)) / 16;  // 16-byte chunks per row
-  static constexpr int kTile = KV_TILE_BYTES / (HEAD_DIM * static_cast<int>(sizeof(C)));  // tokens per stage
+  // Tokens per stage: KV_TILE_BYTES of K, capped so a thread holds at most 16 logits (kTokPerThread x
+  // kHpt): more would spill at head_dim 64 with 1-byte codes (many short rows per tile).
+  static constexpr int kTileBytesTokens = KV_TILE_BYTES / (HEAD_DIM * static_cast<int>(sizeof(C)));
+  static constexpr int kTile = kTileBytesTokens < kBdz * 16 / kHpt ? kTileBytesTokens : kBdz * 16 / kHpt;
   static constexpr int kTokPerThread = kTile / kBdz;
   static constexpr int kChunks = kTile * kRowChunks / kThreads;  // 16-byte copies per thread per stage, K and V each
   static constexpr int kChunkTokStride = kThreads / kRowChunks;  // tokens between a thread's copies
   static constexpr int kMinBlocks = MIN_BLOCKS_PER_SM * 128 / kThreads > 0 ? MIN_BLOCKS_PER_SM * 128 / kThreads : 1;
-  static constexpr int kRingBytes = 2 * KV_STAGES * KV_TILE_BYTES + 2 * KV_STAGES * kTile * 4;
+  static constexpr int kRingBytes = 2 * KV_STAGES * kTile * HEAD_DIM * static_cast<int>(sizeof(C)) + 2 * KV_STAGES * kTile * 4;
   static_assert(kVec % kVec16 == 0 && kBdx <= 32 && 32 % kBdx == 0, "HEAD_DIM must be 64, 128 or 256");
   static_assert(kTile >= kBdz && kTile % kBdz == 0 && kTile <= kThreads, "KV_TILE_BYTES out of range for HEAD_DIM");
   static_assert(kChunks >= 1 && kChunks * kThreads == kTile * kRowChunks && kThreads % kRowChunks == 0,

@@ -73,14 +73,20 @@ class DecodeGeometry:
         return max(128, self.row_threads * self.group // self.heads_per_thread)
 
     @property
+    def token_slots(self) -> int:
+        """Threads along the tokens of a tile (kBdz)."""
+        return self.threads // (self.row_threads * self.group // self.heads_per_thread)
+
+    @property
     def tile_tokens(self) -> int:
-        """Tokens per pipeline stage (K and V each tile_bytes)."""
-        return self.tile_bytes // (self.head_dim * self.kv_itemsize)
+        """Tokens per pipeline stage: tile_bytes of K, capped at 16 logits per thread."""
+        return min(self.tile_bytes // (self.head_dim * self.kv_itemsize),
+                   self.token_slots * 16 // self.heads_per_thread)
 
     @property
     def smem_bytes(self) -> int:
         """Static shared memory: the K/V ring plus per-token scale slots."""
-        return 2 * self.stages * self.tile_bytes + 2 * self.stages * self.tile_tokens * 4
+        return 2 * self.stages * self.tile_tokens * (self.head_dim * self.kv_itemsize + 4)
 
     @property
     def min_blocks(self) -> int:

@@ -31,16 +31,18 @@ def test_query_group_rejects_bad_heads():
 
 
 @pytest.mark.parametrize("d,item,group,threads,tile", [
-    (128, 2, 1, 128, 32), (128, 2, 8, 128, 32), (128, 4, 8, 128, 16), (256, 2, 8, 128, 16),
-    (256, 4, 8, 128, 8), (64, 1, 1, 128, 128), (128, 1, 4, 128, 64), (256, 1, 8, 128, 32), (64, 2, 8, 128, 64)])
+    (128, 2, 1, 128, 32), (128, 2, 8, 128, 32), (128, 4, 8, 128, 8), (256, 2, 8, 128, 16),
+    (256, 4, 8, 128, 8), (64, 1, 1, 128, 128), (128, 1, 4, 128, 64), (256, 1, 8, 128, 32), (64, 2, 8, 128, 64),
+    (64, 1, 8, 128, 64), (128, 1, 8, 128, 32)])  # capped at 16 logits per thread
 def test_geometry_matches_the_kernel_formulas(d, item, group, threads, tile):
     g = DecodeGeometry(d, item, group)
     assert (g.threads, g.tile_tokens) == (threads, tile)
     assert g.row_threads * g.vec == d and g.row_threads <= 32
     slots = g.threads // (g.row_threads * group // g.heads_per_thread)
-    assert g.tile_tokens % slots == 0  # every token slot gets tokens
+    assert slots == g.token_slots and g.tile_tokens % slots == 0  # every token slot gets tokens
+    assert g.tile_tokens // slots * g.heads_per_thread <= 16  # at most 16 logits per thread
     assert g.heads_per_thread == (2 if group >= 2 and g.vec <= 16 else 1)
-    assert g.smem_bytes == 2 * 2 * 8192 + 2 * 2 * tile * 4
+    assert g.smem_bytes == 2 * 2 * tile * d * item + 2 * 2 * tile * 4
     assert g.min_blocks * g.threads == 512  # a 128-register budget per thread
 
 
