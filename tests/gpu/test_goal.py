@@ -45,6 +45,18 @@ def test_built_problem_contiguous_is_the_gathered_pool():
     assert fp8.k_pool.dtype == np.uint8 and not ((fp8.k_pool & 0x7F) == 0x7F).any()  # no NaN codes
 
 
+def test_problem_is_generated_in_slabs(monkeypatch):
+    from gpu.bench import goal
+
+    shape = GoalShape(2, 33, 4, 2, "fp16")
+    whole = build_problem(np, shape, seed=5)
+    monkeypatch.setattr(goal, "SLAB", 1000)  # many slabs (the pool has 2 * 3 * 16 * 2 * 128 + spares)
+    slabs = build_problem(np, shape, seed=5)
+    assert np.isfinite(slabs.k_pool.astype(np.float32)).all() and slabs.k_pool.std() > 0.5
+    assert not np.array_equal(slabs.k_pool, whole.k_pool)  # a different stream, same distribution
+    assert abs(float(slabs.v_pool.astype(np.float32).mean())) < 0.1
+
+
 def _rows(params, kv, chain, noise, rng):
     y = roofline_predict(params, kv, chain) * (1 + noise * rng.standard_normal(len(kv)))
     return [{"variant": "paged", "kv_bytes": b, "waves": 1, "tiles_per_cta": w, "latency_s": t}
