@@ -53,8 +53,8 @@ def test_problem_is_generated_in_slabs(monkeypatch):
     monkeypatch.setattr(goal, "SLAB", 1000)  # many slabs (the pool has 2 * 3 * 16 * 2 * 128 + spares)
     slabs = build_problem(np, shape, seed=5)
     assert np.isfinite(slabs.k_pool.astype(np.float32)).all() and slabs.k_pool.std() > 0.5
-    assert not np.array_equal(slabs.k_pool, whole.k_pool)  # a different stream, same distribution
-    assert abs(float(slabs.v_pool.astype(np.float32).mean())) < 0.1
+    # NumPy's generator draws the same stream whatever the slab size: the slabs leave no gap or overlap
+    assert np.array_equal(slabs.k_pool, whole.k_pool) and np.array_equal(slabs.v_pool, whole.v_pool)
 
 
 def _rows(params, kv, chain, noise, rng):
