@@ -206,7 +206,7 @@ def run_goal(out_dir: Path, *, backend: str = "auto", dry_run: bool = False, bud
     rows: list[dict[str, Any]] = []
     skipped: list[str] = []
     notes: list[str] = []  # why an optional baseline did not run
-    per_shape = budget_s / max(len(shapes), 1) / 2  # half of a shape's share goes to timing
+    per_shape = budget_s / max(len(shapes), 1) / 4  # a quarter of a shape's share goes to timing
     for shape in shapes:
         if time.perf_counter() - t0 > budget_s:
             skipped.append(f"{shape.shape_id}: time budget ({budget_s:.0f} s) spent")
