@@ -5,13 +5,18 @@ distinct arrival time); cancel times are timeouts whose callbacks abort the requ
 step loop asks the scheduler for a batch, samples memory (and the allocator monitor), advances the
 clock by the latency model's step time plus the swap transfers on its critical path with one
 timeout, then applies the step. No I/O: the op log goes to the caller's `op_sink`.
+
+Several engines can share one `simpy.Environment` (sim.cluster: replicas behind a router): each
+keeps its own cache, scheduler and records; the caller hands it requests with `submit`, says
+`close` after the last one, and builds its result with `finish` once every loop has ended.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import Any, cast
 
 import numpy as np
@@ -55,13 +60,33 @@ def check_workload(requests: Iterable[RequestSpec]) -> list[RequestSpec]:
     return specs
 
 
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector for a run, restoring its state after (also on an error).
+
+    A run allocates millions of small objects (records, samples, events) that reference counting
+    frees (a 2,000-request run leaves a dozen cyclic objects). The cyclic GC's repeated scans of the
+    growing record lists cost ~10% of a long run.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 class Engine:
-    """One simulation run: build with the workload and config, then `run()` once."""
+    """One simulation run: build with the workload and config, then `run()` once.
+
+    env: a shared SimPy environment (several replicas on one clock, see sim.cluster); None: its own.
+    """
 
     def __init__(self, requests: Iterable[RequestSpec], config: SimConfig, *,
                  rng: np.random.Generator | int | None = None,
                  op_sink: Callable[[dict[str, Any]], None] | None = None,
-                 check_invariants: bool = False) -> None:
+                 check_invariants: bool = False, env: simpy.Environment | None = None) -> None:
         config.validate()
         self.check = check_invariants  # tests: check every invariant after each step (slow)
         self.config = config
@@ -116,25 +141,41 @@ class Engine:
         self._wake: simpy.Event | None = None
         self._frag_since: float | None = None
         self.frag_wait_s = 0.0  # head of the queue blocked only by external fragmentation
-        self.env = simpy.Environment()
+        self.env = env if env is not None else simpy.Environment()
 
     # ---- SimPy processes ----------------------------------------------------------------------
     def _arrivals(self) -> Generator[simpy.Event, Any, None]:
-        env, s, mml = self.env, self.sched, self.res.max_model_len
+        env = self.env
         for spec in self.specs:
             if spec.arrival_time > env.now:
                 yield env.timeout(spec.arrival_time - env.now)
-            g = admit_request(s, spec, max_model_len=mml)
-            self.groups.append(g)
-            if g.status == REJECTED:
-                g.finish_s = env.now
-                continue
-            if spec.cancel_time is not None:
-                ev = env.timeout(spec.cancel_time, value=g)
-                ev.callbacks.append(self._on_cancel)
-            self._poke()
+            self.submit(spec)
+        self.close()
+
+    def submit(self, spec: RequestSpec) -> SeqGroup:
+        """A request arrives now: queue it (or record it REJECTED) and wake the step loop."""
+        env = self.env
+        g = admit_request(self.sched, spec, max_model_len=self.res.max_model_len)
+        self.groups.append(g)
+        if g.status == REJECTED:
+            g.finish_s = env.now
+            return g
+        if spec.cancel_time is not None:
+            ev = env.timeout(spec.cancel_time, value=g)
+            ev.callbacks.append(self._on_cancel)
+        self._poke()
+        return g
+
+    def close(self) -> None:
+        """No more requests will arrive: the step loop ends once the queues drain."""
         self._arrivals_done = True
         self._poke()
+
+    @property
+    def outstanding(self) -> int:
+        """Requests queued, running or swapped out now (a router's load signal)."""
+        s = self.sched
+        return len(s.waiting) + len(s.running) + len(s.swapped)
 
     def _on_cancel(self, ev: simpy.Event) -> None:
         g = cast(SeqGroup, ev.value)
@@ -309,22 +350,21 @@ class Engine:
     # ---- run ----------------------------------------------------------------------------------
     def run(self) -> SimResult:
         """Simulate the whole workload; returns the records and the summary."""
-        # A run allocates millions of small objects (records, samples, events) that reference counting
-        # frees (a 2,000-request run leaves a dozen cyclic objects). The cyclic GC's repeated scans of
-        # the growing record lists cost ~10% of a long run, so it is paused meanwhile and restored.
-        enabled = gc.isenabled()
-        gc.disable()
-        try:
-            return self._run()
-        finally:
-            if enabled:
-                gc.enable()
+        with gc_paused():
+            loop = self.start()
+            self.env.run(until=loop)
+            return self.finish(self.env.now)
 
-    def _run(self) -> SimResult:
-        self.env.process(self._arrivals())
-        loop = self.env.process(self._loop())
-        self.env.run(until=loop)
-        end = self.env.now
+    def start(self, arrivals: bool = True) -> simpy.Process:
+        """Start the step loop and (unless `arrivals` is False: the caller submits requests and closes)
+        the arrival process of the requests given at construction; returns the loop's process, which
+        ends when arrivals are closed and every request is done."""
+        if arrivals:
+            self.env.process(self._arrivals())
+        return self.env.process(self._loop())
+
+    def finish(self, end: float) -> SimResult:
+        """The run's records and summary, with the run ending at `end` (after the loop has ended)."""
         self._track_fragmentation(SchedulerOutput(), end)
         records = [request_record(g, paged=self.ops.paged) for g in self.groups]
         cfg = self.config.to_dict()
