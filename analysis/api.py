@@ -30,6 +30,7 @@ from sim.request import RequestSpec
 
 #: on_start(system, engine) -> stop(): a hook around each engine run (the CLI's progress bar).
 OnStart = Callable[[str, Any], Callable[[], None]]
+REPLICAS_FILE = "replicas.csv"  # one row per replica of each system (runs with replicas > 1)
 
 #: Sweep axes with a CLI shortcut, and what each one means.
 SWEEP_AXES: dict[str, str] = {
@@ -119,11 +120,16 @@ def fit_synthetic(specs: list[RequestSpec], exp: Experiment) -> tuple[list[Reque
 
 def simulate_system(exp: Experiment, system: str, specs: Sequence[RequestSpec],
                     op_log: IO[str] | None = None, on_start: OnStart | None = None) -> SimResult:
-    """Run one system of `exp` on `specs` (engine randomness seeded from (seed, 1)).
+    """Run one system of `exp` on `specs` (engine randomness seeded from (seed, 1)); with replicas,
+    the cluster's combined result (see simulate_replicas; no on_start hook).
 
     on_start(system, engine) -> stop: called before the engine runs (a progress display reads the
     engine's arrival count and clock); `stop()` is called when it has finished or failed.
     """
+    if exp.replicas > 1:
+        if op_log is not None:
+            raise ValueError("--op-log records one allocator; it is not available with --replicas > 1")
+        return simulate_replicas(exp, system, specs)[0]
     from sim.engine import Engine
 
     sink = None
@@ -139,10 +145,25 @@ def simulate_system(exp: Experiment, system: str, specs: Sequence[RequestSpec],
             stop()
 
 
+def simulate_replicas(exp: Experiment, system: str, specs: Sequence[RequestSpec]
+                      ) -> tuple[SimResult, list[SimResult], list[dict[str, Any]]]:
+    """Run one system of `exp` behind its router: (cluster result, per-replica results, one summary
+    row per replica). One replica: the single engine's result three ways (same numbers)."""
+    if exp.replicas == 1:
+        r = simulate_system(exp, system, specs)
+        return r, [r], [{"replica": 0, **summary_row(r)}]
+    from sim.cluster import simulate_cluster
+
+    c = simulate_cluster(list(specs), exp.sim_config(system), exp.cluster_spec(),
+                         rng=np.random.default_rng([exp.seed, 1]))
+    return c.cluster, c.replicas, c.per_replica
+
+
 def run(base: Experiment | Mapping[str, Any] | str | Path | None = None, out: str | Path | None = None, *,
         csv: bool = False, op_log: bool = False, plots: bool = True, on_result: Any = None,
         metrics_format: str = "none", on_start: OnStart | None = None,
-        specs: Sequence[RequestSpec] | None = None, **overrides: Any) -> pd.DataFrame:
+        specs: Sequence[RequestSpec] | None = None, trace_out: str | Path | None = None,
+        **overrides: Any) -> pd.DataFrame:
     """Run every system of the experiment on one workload; returns the summary (one row per system).
 
     With `out`, writes the results directory (see analysis.results_io): per-system records,
@@ -150,6 +171,9 @@ def run(base: Experiment | Mapping[str, Any] | str | Path | None = None, out: st
     as Prometheus text (`metrics_format="prometheus"`: metrics.prom, see analysis.prometheus).
     `on_result(result)` is called after each system (the CLI prints progress with it), `on_start`
     before (see simulate_system). specs: the workload, when the caller built it (else built here).
+    With replicas (exp.replicas > 1) each system's row is the cluster's and replicas.csv holds one row
+    per replica. trace_out: write a Perfetto / chrome://tracing schedule trace there (one track per
+    system and replica; analysis.schedule_trace).
     """
     from analysis.prometheus import check_format, write_metrics
 
@@ -162,14 +186,24 @@ def run(base: Experiment | Mapping[str, Any] | str | Path | None = None, out: st
         out_dir.mkdir(parents=True, exist_ok=True)
         results_io.write_config(out_dir, exp.to_dict())
     rows = []
+    replica_rows: list[dict[str, Any]] = []
+    tracks: list[tuple[str, SimResult]] = []
     for system in exp.systems:
-        if out_dir is not None and op_log:
+        if exp.replicas > 1:
+            if op_log:
+                raise ValueError("--op-log records one allocator; it is not available with --replicas > 1")
+            result, per, prow = simulate_replicas(exp, system, specs)
+            replica_rows.extend(prow)
+            tracks.extend((f"{result.system} / replica {i}", r) for i, r in enumerate(per))
+        elif out_dir is not None and op_log:
             d = out_dir / results_io.RUNS_DIR / results_io.slug(exp.sim_config(system).to_dict()["system"])
             d.mkdir(parents=True, exist_ok=True)
             with open(d / "ops.jsonl", "w", encoding="utf-8") as f:
                 result = simulate_system(exp, system, specs, f, on_start)
         else:
             result = simulate_system(exp, system, specs, on_start=on_start)
+        if exp.replicas == 1:
+            tracks.append((result.system, result))
         row = summary_row(result)
         row.update(sampling_columns(exp.workload.sampling))
         rows.append(row)
@@ -179,8 +213,14 @@ def run(base: Experiment | Mapping[str, Any] | str | Path | None = None, out: st
         if on_result is not None:
             on_result(result)
     df = summary_frame(rows)
+    if trace_out is not None:
+        from analysis.schedule_trace import write_trace
+
+        write_trace(trace_out, [r for _, r in tracks], [n for n, _ in tracks], {"title": exp.title()})
     if out_dir is not None:
         write_metrics(out_dir, rows, metrics_format)
+        if replica_rows:
+            pd.DataFrame(replica_rows).to_csv(out_dir / REPLICAS_FILE, index=False)
     if out_dir is not None and plots:
         from analysis.report import render_plots
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import tomllib
 
@@ -28,6 +28,9 @@ from sim.config import (
 )
 from sim.request import SpecError
 from workloads.modes import SAMPLING_MIXES, SamplingMix, SamplingMode, parse_mix
+
+if TYPE_CHECKING:
+    from sim.cluster import ClusterSpec
 
 DEFAULT_SYSTEMS: tuple[str, ...] = ("paged", "max", "pow2", "oracle")
 SYNTHETIC_NUM_REQUESTS = 300
@@ -112,6 +115,8 @@ class Experiment:
     latency file's, else "basic"). sliding_window: None = the model's attention window, 0 = none,
     W = attend to the last W tokens. scheduler: SchedulerConfig fields (swap pool, prefetch, PCIe rate
     among them). seed: workload and engine randomness (two independent streams derived from it).
+    replicas / router / router_load_factor: identical replicas of each system behind a router
+    (sim.cluster; 1 = a single engine), the routing policy and prefix-aware routing's load bound.
     """
 
     workload: WorkloadConfig = field(default_factory=WorkloadConfig)
@@ -133,6 +138,9 @@ class Experiment:
     memory_sample_interval_s: float | None = None
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     seed: int = 0
+    replicas: int = 1
+    router: str = "round-robin"
+    router_load_factor: float = 1.25
 
     def __post_init__(self) -> None:
         from sim.presets import GPUS, MODELS
@@ -160,6 +168,13 @@ class Experiment:
                               "from `pagesim calibrate`, or omit for the roofline model)")
         for s in self.systems:  # SimConfig validates the remaining fields
             self.sim_config(s)
+        self.cluster_spec()
+
+    def cluster_spec(self) -> ClusterSpec:
+        """The replicas and router every system runs behind (one replica: the single engine)."""
+        from sim.cluster import ClusterSpec
+
+        return ClusterSpec(self.replicas, self.router, self.router_load_factor)
 
     def _check_budget_fits_gpu(self) -> None:
         """A KV budget larger than what the model's weights leave of the GPU's whole memory is refused:
@@ -201,7 +216,8 @@ class Experiment:
 
     def title(self) -> str:
         """"<model> on <gpu>, <workload>" for figure and report titles."""
-        return f"{self.model} on {self.gpu}, {self.workload.describe()}"
+        reps = f" x{self.replicas} replicas ({self.router})" if self.replicas > 1 else ""
+        return f"{self.model} on {self.gpu}{reps}, {self.workload.describe()}"
 
     def to_dict(self) -> dict[str, Any]:
         """The effective configuration as plain data (round-trips through `from_dict`)."""

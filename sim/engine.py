@@ -5,10 +5,8 @@ distinct arrival time); cancel times are timeouts whose callbacks abort the requ
 step loop asks the scheduler for a batch, samples memory (and the allocator monitor), advances the
 clock by the latency model's step time plus the swap transfers on its critical path with one
 timeout, then applies the step. No I/O: the op log goes to the caller's `op_sink`.
-
-Several engines can share one `simpy.Environment` (sim.cluster: replicas behind a router): each
-keeps its own cache, scheduler and records; the caller hands it requests with `submit`, says
-`close` after the last one, and builds its result with `finish` once every loop has ended.
+Engines can share one `simpy.Environment` (sim.cluster): the caller then hands each its requests
+(`submit`, then `close`) and builds its result with `finish`.
 """
 
 from __future__ import annotations
@@ -62,12 +60,8 @@ def check_workload(requests: Iterable[RequestSpec]) -> list[RequestSpec]:
 
 @contextlib.contextmanager
 def gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector for a run, restoring its state after (also on an error).
-
-    A run allocates millions of small objects (records, samples, events) that reference counting
-    frees (a 2,000-request run leaves a dozen cyclic objects). The cyclic GC's repeated scans of the
-    growing record lists cost ~10% of a long run.
-    """
+    """Pause the cyclic GC for a run (restored after, also on an error): a run's millions of small
+    objects are freed by reference counting, and the GC's scans of the growing record lists cost ~10%."""
     enabled = gc.isenabled()
     gc.disable()
     try:
@@ -78,10 +72,8 @@ def gc_paused() -> Iterator[None]:
 
 
 class Engine:
-    """One simulation run: build with the workload and config, then `run()` once.
-
-    env: a shared SimPy environment (several replicas on one clock, see sim.cluster); None: its own.
-    """
+    """One simulation run: build with the workload and config, then `run()` once (env: a shared SimPy
+    environment, several replicas on one clock as in sim.cluster; None: its own)."""
 
     def __init__(self, requests: Iterable[RequestSpec], config: SimConfig, *,
                  rng: np.random.Generator | int | None = None,

@@ -23,6 +23,7 @@ app = typer.Typer(
 
 COMMAND_MODULES = (
     "analysis.cli.simulate",
+    "analysis.cli.capacity",
     "analysis.cli.replay",
     "analysis.cli.bench",
     "analysis.cli.calibrate",

@@ -64,6 +64,10 @@ SwapGb = Annotated[float | None, typer.Option("--cpu-swap-gb", help="Host swap p
 Prefetch = Annotated[bool | None, typer.Option("--swap-prefetch/--no-swap-prefetch", help="Overlap swap-ins with the forward pass.")]
 Pcie = Annotated[float | None, typer.Option("--pcie-gbps", help="Host<->GPU copy rate, GB/s one way (default: the GPU's).")]
 Wide = Annotated[bool, typer.Option("--wide", help="Every table column, long headers (default: compact, 100 columns).")]
+Replicas = Annotated[int | None, typer.Option("--replicas", help="Identical replicas of each system behind a router (default 1).")]
+Router = Annotated[str | None, typer.Option("--router", help="Routing policy: round-robin, least-outstanding, prefix-aware (default round-robin).")]
+LoadFactor = Annotated[float | None, typer.Option("--load-factor", help="Prefix-aware load bound: a replica takes a request only under ceil(F * (outstanding + 1) / replicas) (default 1.25).")]
+TraceOut = Annotated[Path | None, typer.Option("--trace-out", help="Write a schedule trace for Perfetto / chrome://tracing (JSON, one track per replica).")]
 MetricsFmt = Annotated[str, typer.Option("--metrics-format", help="Also write the run totals: none or prometheus (metrics.prom).")]
 
 # option name -> experiment override key
@@ -78,6 +82,7 @@ _KEYS = {
     "chunked": "scheduler.chunked_prefill", "preemption": "scheduler.preemption_mode", "seed": "seed",
     "sliding_window": "sliding_window", "swap_gb": "scheduler.cpu_swap_space_gb",
     "prefetch": "scheduler.swap_prefetch", "pcie": "scheduler.pcie_bandwidth_gbps",
+    "replicas": "replicas", "router": "router", "load_factor": "router_load_factor",
 }
 
 
@@ -132,13 +137,16 @@ def _default_out(cmd: str, out: Path | None) -> Path:
 
 
 def _simulate(cmd: str, exp: Any, out: Path, csv: bool, op_log: bool, plots: bool, report: bool,
-              metrics_format: str = "none", wide: bool = False, fixed: frozenset[str] = frozenset()) -> None:
+              metrics_format: str = "none", wide: bool = False, fixed: frozenset[str] = frozenset(),
+              trace_out: Path | None = None) -> None:
     from analysis import api
     from analysis.conclusions import conclusions
     from analysis.prometheus import check_format
     from analysis.results_io import check_out_dir
 
     check_format(metrics_format)  # before any simulation runs
+    if op_log and exp.replicas > 1:
+        raise ValueError("--op-log records one allocator; it is not available with --replicas > 1")
     check_out_dir(out)
     o, err = tables.consoles(wide)
     exp, specs, _stats = inputs.fit_to_workload(exp, fixed, o)
@@ -154,13 +162,26 @@ def _simulate(cmd: str, exp: Any, out: Path, csv: bool, op_log: bool, plots: boo
 
     with progress.progress(err) as start:
         df = api.run(exp, out, csv=csv, op_log=op_log, plots=plots, on_result=done, on_start=start,
-                     metrics_format=metrics_format, specs=specs)
+                     metrics_format=metrics_format, specs=specs, trace_out=trace_out)
     tables.print_summary(o, df, exp.title(), wide=wide)
+    if exp.replicas > 1:
+        _print_replicas(o, out, wide)
     tables.print_conclusions(o, conclusions(df))
     if report:
         api.report(out)
     extra = (", report.html" if report else "") + (", metrics.prom" if metrics_format == "prometheus" else "")
     o.print(f"results: {out}/ (summary.csv{extra})", markup=False, highlight=False)
+
+
+def _print_replicas(o: Any, out: Path, wide: bool) -> None:
+    import pandas as pd
+
+    from analysis.api import REPLICAS_FILE
+
+    df = pd.read_csv(out / REPLICAS_FILE)
+    cols = ["replica", "system", "num_requests", "throughput_rps", "mean_batch_size", "p99_ttft", "p50_tpot",
+            "num_preemptions", "token_states_pct", "prefix_cache_hit_rate"]
+    o.print(tables.table(df, cols, f"Per replica ({REPLICAS_FILE}; the rows above are the cluster's)", wide=wide))
 
 
 def _split(text: str | None, conv: Callable[[str], Any] = str) -> list[Any] | None:
@@ -198,7 +219,8 @@ def register(app: typer.Typer) -> None:
                 preemption: Preempt = None, sliding_window: SlidingWindow = None, swap_gb: SwapGb = None,
                 prefetch: Prefetch = None, pcie: Pcie = None, seed: Seed = None, out: Out = None, csv: Csv = False,
                 op_log: OpLog = False, plots: Plots = True, report: Report = False,
-                metrics_format: MetricsFmt = "none", wide: Wide = False) -> None:
+                metrics_format: MetricsFmt = "none", wide: Wide = False, replicas: Replicas = None,
+                router: Router = None, load_factor: LoadFactor = None, trace_out: TraceOut = None) -> None:
         """One simulation: a workload through one cache system (or the systems of a --config file).
 
         Examples:
@@ -206,12 +228,14 @@ def register(app: typer.Typer) -> None:
           pagesim run --trace ../shared/traces/azure_llm_2023/AzureLLMInferenceTrace_code.csv -n 500 --system max
           pagesim run --config exp.toml --out results/exp
           pagesim run --model mistral-7b --gpu a100-80gb --preemption swap --swap-prefetch --metrics-format prometheus
+          pagesim run --system paged+prefix --replicas 4 --router prefix-aware --trace-out results/schedule.json \
+            --trace ../shared/traces/mooncake_fast25/conversation_trace.jsonl -n 400 --model llama-3-8b
         """
         with _errors("run"):
             extra = {"system": system} if system else ({} if config else {"system": "paged"})
             exp = _experiment(config, locals(), **extra)
             _simulate("run", exp, _default_out("run", out), csv, op_log, plots, report, metrics_format, wide,
-                      inputs.fixed_settings(locals(), config))
+                      inputs.fixed_settings(locals(), config), trace_out)
 
     @app.command("compare")
     def compare_cmd(config: Config = None, systems: Annotated[str | None, typer.Option(
@@ -227,7 +251,8 @@ def register(app: typer.Typer) -> None:
                     sliding_window: SlidingWindow = None, swap_gb: SwapGb = None, prefetch: Prefetch = None,
                     pcie: Pcie = None, seed: Seed = None, out: Out = None, csv: Csv = False, op_log: OpLog = False,
                     plots: Plots = True, report: Report = True, metrics_format: MetricsFmt = "none",
-                    wide: Wide = False) -> None:
+                    wide: Wide = False, replicas: Replicas = None, router: Router = None,
+                    load_factor: LoadFactor = None, trace_out: TraceOut = None) -> None:
         """Paged vs contiguous (max / pow2 / oracle) caches on the same workload, side by side.
 
         Memory breakdown (the vLLM paper's Fig. 2), throughput, latency and batch size per system.
@@ -237,12 +262,13 @@ def register(app: typer.Typer) -> None:
           pagesim compare
           pagesim compare --model llama-2-7b --gpu a100-80gb --rate 8 --block-size 32
           pagesim compare --systems paged-16,paged-16+prefix --preset sharegpt-sysprompt
+          pagesim compare --replicas 4 --router least-outstanding --rate 16 --trace-out results/compare.trace.json
         """
         with _errors("compare"):
             extra = {"systems": _split(systems)} if systems else {}
             exp = _experiment(config, locals(), **extra)
             _simulate("compare", exp, _default_out("compare", out), csv, op_log, plots, report, metrics_format,
-                      wide, inputs.fixed_settings(locals(), config))
+                      wide, inputs.fixed_settings(locals(), config), trace_out)
 
     @app.command("sweep")
     def sweep_cmd(config: Config = None,
@@ -267,6 +293,7 @@ def register(app: typer.Typer) -> None:
                   prefix: Prefix = None, max_seqs: MaxSeqs = None, max_tokens: MaxTok = None,
                   chunked: Chunked = None, preemption: Preempt = None, sliding_window: SlidingWindow = None,
                   swap_gb: SwapGb = None, prefetch: Prefetch = None, pcie: Pcie = None, seed: Seed = None,
+                  replicas: Replicas = None, router: Router = None, load_factor: LoadFactor = None,
                   out: Out = None, report: Report = True, wide: Wide = False) -> None:
         """A grid of simulations (block size, KV budget, rate, system, sampling, any field), in parallel.
 

@@ -57,11 +57,11 @@ class ClusterSpec:
 class _View:
     """A router's view of one replica (sim.cluster.router.ReplicaView)."""
 
-    __slots__ = ("engine", "_hashes")
+    __slots__ = ("engine", "_memo")
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, memo: dict[tuple[int, int], tuple[int, ...]]) -> None:
         self.engine = engine
-        self._hashes: dict[Any, tuple[int, ...]] = {}
+        self._memo = memo  # shared by the views: a request's block hashes are derived once per block size
 
     def load(self) -> int:
         return self.engine.outstanding
@@ -70,7 +70,12 @@ class _View:
         c = self.engine.cache
         if not (isinstance(c, PagedKVCache) and c.enable_prefix_caching and spec.prefix_hashes):
             return 0
-        return c.num_prefix_hits(spec.prompt_len, block_hashes(spec, c.block_size))
+        key = (id(spec), c.block_size)
+        hashes = self._memo.get(key)
+        if hashes is None:
+            self._memo.clear()  # only the request being routed is ever asked about
+            hashes = self._memo[key] = block_hashes(spec, c.block_size)
+        return c.num_prefix_hits(spec.prompt_len, hashes)
 
 
 @dataclass(slots=True)
@@ -94,11 +99,13 @@ class Cluster:
         self.specs = sorted(check_workload(requests), key=lambda r: r.arrival_time)
         self.env = simpy.Environment()
         gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
-        # One independent stream per replica, spawned from the run's generator (one replica takes the
-        # generator itself, so it reproduces the single engine's run exactly).
-        gens = [gen] if self.spec.replicas == 1 else gen.spawn(self.spec.replicas)
+        # One stream per replica, seeded from the run's generator (Generator.spawn needs numpy 1.25; the
+        # project supports 1.24). One replica takes the generator itself: the single engine's run exactly.
+        n = self.spec.replicas
+        gens = [gen] if n == 1 else [np.random.default_rng(int(s)) for s in gen.integers(0, 2**63 - 1, size=n)]
         self.engines = [Engine([], config, rng=g, env=self.env, check_invariants=check_invariants) for g in gens]
-        self.views = [_View(e) for e in self.engines]
+        memo: dict[tuple[int, int], tuple[int, ...]] = {}
+        self.views = [_View(e, memo) for e in self.engines]
         self.route = router or make_router(self.spec.router, self.spec.load_factor)
         self.assignment: dict[Any, int] = {}
 
@@ -149,10 +156,13 @@ class Cluster:
                 hits += c.num_cache_hits
                 queries += c.num_cache_queries
         loads = [sum(1 for i in self.assignment.values() if i == k) for k in range(self.spec.replicas)]
+        first = results[0].summary
         out.summary.update(
+            capacity_tokens=sum(r.summary["capacity_tokens"] for r in results),
+            kv_dtype=first["kv_dtype"], kv_bytes_per_token=first["kv_bytes_per_token"],
+            frag_wait_s=sum(r.summary["frag_wait_s"] for r in results),
             num_replicas=self.spec.replicas, router=self.spec.router,
             prefix_cache_hit_rate=hits / queries if queries else math.nan,
-            num_preemptions=sum(r.summary["num_preemptions"] for r in results),
             requests_max_over_mean=max(loads) / (sum(loads) / len(loads)) if sum(loads) else math.nan,
         )
         return out
@@ -189,7 +199,7 @@ def simulate_cluster(requests: Iterable[RequestSpec], config: SimConfig | None =
                      router: Callable[..., int] | None = None) -> ClusterResult:
     """Run a workload through `spec.replicas` identical replicas of `config` behind a router.
 
-    rng: the run's generator or seed (each replica gets an independent stream spawned from it);
+    rng: the run's generator or seed (each replica gets its own stream seeded from it);
     router: a custom policy callable instead of spec.router's (see sim.cluster.router).
     """
     return Cluster(requests, config or SimConfig(), spec, rng=rng, router=router).run()

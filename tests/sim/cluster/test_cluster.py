@@ -84,6 +84,7 @@ def test_cluster_memory_sums_the_replicas_pools() -> None:
                            ClusterSpec(3, "round-robin"), rng=0)
     mem = res.cluster.memory
     assert mem and all(m.capacity == 3 * 128 for m in mem)  # every replica samples at t=0
+    assert res.cluster.summary["capacity_tokens"] == 3 * 128
     for m in mem:
         assert sum(getattr(m, c) for c in MEMORY_CATEGORIES) == pytest.approx(m.capacity)
     times = [m.time_s for m in mem]
@@ -119,3 +120,14 @@ def test_bad_cluster_spec() -> None:
         ClusterSpec(2, "hash")
     with pytest.raises(SpecError, match="load_factor"):
         ClusterSpec(2, "prefix-aware", 0.9)
+
+
+def test_idle_replicas_and_a_custom_router() -> None:
+    # every request to replica 2: replicas 0 and 1 stay idle and still end cleanly
+    reqs = [RequestSpec(k, 0.2 * k, 12, 3) for k in range(4)]
+    res = simulate_cluster(reqs, cfg(capacity=128), ClusterSpec(3), rng=0, router=lambda spec, views: 2)
+    assert [r["num_requests"] for r in res.per_replica] == [0, 0, 4]
+    assert res.cluster.summary["num_finished"] == 4 and res.cluster.summary["requests_max_over_mean"] == 3.0
+    assert math.isnan(res.per_replica[0]["p99_ttft"])
+    with pytest.raises(RuntimeError, match="router returned replica 5"):
+        simulate_cluster(reqs, cfg(capacity=128), ClusterSpec(3), rng=0, router=lambda spec, views: 5)
