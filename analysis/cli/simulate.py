@@ -178,10 +178,14 @@ def _print_replicas(o: Any, out: Path, wide: bool) -> None:
 
     from analysis.api import REPLICAS_FILE
 
-    df = pd.read_csv(out / REPLICAS_FILE)
-    cols = ["replica", "system", "num_requests", "throughput_rps", "mean_batch_size", "p99_ttft", "p50_tpot",
-            "num_preemptions", "token_states_pct", "prefix_cache_hit_rate"]
-    o.print(tables.table(df, cols, f"Per replica ({REPLICAS_FILE}; the rows above are the cluster's)", wide=wide))
+    # Short headers of its own (the compact tables fit 100 columns); the CSV keeps the summary names.
+    names = {"replica": "#", "system": "system", "num_requests": "reqs", "throughput_rps": "throughput_rps",
+             "mean_batch_size": "mean_batch_size", "p99_ttft": "p99 TTFT s", "p50_tpot": "p50 TPOT s",
+             "num_preemptions": "num_preemptions", "token_states_pct": "token_states_pct",
+             "prefix_cache_hit_rate": "prefix hits"}
+    df = pd.read_csv(out / REPLICAS_FILE)[list(names)].rename(columns=names)
+    o.print(tables.table(df, list(names.values()), f"Per replica ({REPLICAS_FILE}; the rows above are the "
+                                                   "cluster's)", wide=wide))
 
 
 def _split(text: str | None, conv: Callable[[str], Any] = str) -> list[Any] | None:
