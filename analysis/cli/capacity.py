@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from analysis.cli import tables
+from analysis.cli import inputs, tables
 from analysis.cli.simulate import (
     EXECUTORS,
     Arrival,
@@ -133,8 +133,13 @@ def register(app: typer.Typer) -> None:
                 if exp.replicas < 2:
                     raise ValueError("--routers compares routing policies across replicas (valid: with --replicas >= 2)")
                 axes["router"] = _split(routers) or []
+            from analysis.results_io import check_out_dir
+
             out_dir = _default_out("capacity", out)
+            check_out_dir(out_dir)
             o, err = tables.consoles()
+            if exp.workload.trace is not None:  # a trace's longest request decides the defaults, as in run
+                exp, _, _ = inputs.fit_to_workload(exp, inputs.fixed_settings(locals(), config, tuple(axes)), o)
             err.print(f"capacity of {', '.join(exp.systems)} under {', '.join(f'{t.name} <= {t.bound:g}' for t in targets)}"
                        f" on {exp.title()} -> {out_dir}")
             res = run_capacity(exp, targets, out_dir, spec, executor=executor, workers=workers,
@@ -162,12 +167,12 @@ def register(app: typer.Typer) -> None:
 def _print(o: Any, df: Any, title: str) -> None:
     from rich.table import Table
 
-    t = Table(title=f"Capacity (highest rate meeting every target): {title}", title_justify="left",
-              header_style="bold")
     ratio = next(c for c in df.columns if c.startswith("ratio_vs_"))
-    for h in ("system", "capacity req/s", "first failing req/s", "binding at the knee", "stop", "rates tried",
-              ratio.replace("_", " ")):
-        t.add_column(h, justify="left" if h in ("system", "binding at the knee", "stop") else "right")
+    t = Table(title=f"Capacity (highest rate meeting every target): {title}", title_justify="left",
+              header_style="bold", caption=f"ratio: capacity / that of {df['label'].iloc[0]}", caption_justify="left")
+    # Short headers so the names fit the compact 100-column console.
+    for h in ("system", "req/s", "1st fail", "binding", "stop", "tried", "ratio"):
+        t.add_column(h, justify="left" if h in ("system", "binding", "stop") else "right", no_wrap=h == "system")
     for _, r in df.iterrows():
         lf = r["lowest_fail_rps"]
         t.add_row(str(r["label"]), f"{r['capacity_rps']:.4g}", "" if lf is None or lf != lf else f"{lf:.4g}",
