@@ -14,6 +14,7 @@ from typing import Any
 from sim.memory.block_pool import BlockPool
 from sim.memory.block_table import DROPPED, BlockTable
 from sim.memory.outcomes import AllocStatus, AppendResult, CacheError, check_count
+from sim.memory.shared_refs import SharedRefs
 
 SeqId = Hashable
 
@@ -64,9 +65,7 @@ class PagedKVCache:
         self.num_blocks_allocated = 0
         self.num_blocks_reused = 0
         self.num_window_released = 0
-        # Ref-count histogram kept incrementally: ref value (>= 2) -> blocks with that count. Blocks at
-        # ref count 1 are the used blocks not listed here, so unshared workloads cost nothing.
-        self._shared: dict[int, int] = {}
+        self._shared = SharedRefs()  # ref count (>= 2) -> blocks at that count, kept incrementally
         self._sink = op_sink
         if op_sink is not None:
             op_sink({"op": "config", "block_size": block_size, "num_blocks": num_blocks,
@@ -116,23 +115,11 @@ class PagedKVCache:
         """Used blocks by reference count: (1, 2, 3-4, 5-8, > 8 block-table entries). O(distinct counts)."""
         if not self._shared:  # nothing shared (the common case; read every step by the monitor)
             return self.num_blocks - len(self._pool.free_queue), 0, 0, 0, 0
-        h = [0, 0, 0, 0, 0]
-        for r, n in self._shared.items():
-            h[1 if r == 2 else 2 if r <= 4 else 3 if r <= 8 else 4] += n
-        h[0] = self._pool.num_used - sum(h)
-        return h[0], h[1], h[2], h[3], h[4]
+        return self._shared.histogram(self._pool.num_used)
 
     def _reref(self, old: int, new: int) -> None:
         """A block's ref count changes from old to new (keeps the shared-block histogram)."""
-        h = self._shared
-        if old >= 2:
-            c = h[old] - 1
-            if c:
-                h[old] = c
-            else:
-                del h[old]
-        if new >= 2:
-            h[new] = h.get(new, 0) + 1
+        self._shared.move(old, new)
 
     # ---- queries -----------------------------------------------------------------------------
     def _table(self, seq_id: SeqId) -> BlockTable:
@@ -434,9 +421,6 @@ class PagedKVCache:
         for b, (want, got) in enumerate(zip(refs, pool.ref_cnt, strict=True)):
             assert want == got, f"block {b}: ref count {got} but {want} block-table references"
         assert sum(refs) == self._num_refs, f"logical block count {self._num_refs} != {sum(refs)}"
-        shared: dict[int, int] = {}
-        for r in refs:
-            if r >= 2:
-                shared[r] = shared.get(r, 0) + 1
+        shared = SharedRefs.recount(refs)
         assert shared == self._shared, f"shared-block histogram {self._shared} != recount {shared}"
         assert self.num_free_blocks + self.num_used_blocks + self.num_reserved_blocks == self.num_blocks
