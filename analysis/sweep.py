@@ -5,16 +5,26 @@ Points run in worker processes (or serially, or on a Dask distributed cluster); 
 appends each finished point to points.jsonl at once (see results_io.PointLog) and keeps
 summary.csv current, so Ctrl-C or a kill keeps every finished point and `resume=True` runs only
 the points not yet in the log. A point that raises is recorded as failed with its error.
+
+Interruptions: Ctrl-C (SIGINT) and SIGTERM stop the sweep the same way (finished points kept,
+workers stopped). Worker processes die with the parent even when it is killed outright (kill -9):
+on Linux the kernel sends them SIGKILL when the parent goes (PR_SET_PDEATHSIG), and a watchdog thread
+in every worker exits it once its parent is gone (the fallback elsewhere). Dask's local cluster is
+started with SIGINT ignored, so a terminal's Ctrl-C reaches only this process (which shuts the
+cluster down) and the workers print no tracebacks.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import itertools
 import json
+import logging
 import math
 import multiprocessing
+import os
 import signal
 import sys
 import threading
@@ -172,33 +182,60 @@ def run_sweep(
             last_write[0] = now
 
     runner = {"process": _run_processes, "serial": _run_serial, "dask": _run_dask}[executor]
-    with _progress(progress, len(points), outcome.skipped) as advance:
+    with _progress(progress, len(points), outcome.skipped) as advance, _sigterm_as_interrupt():
         gen = runner(pending, fn, workers=workers, scheduler=scheduler, client=client)
         try:
             for rec in gen:
-                with _sigint_deferred():  # a point is logged and counted whole, or not at all
+                with _signals_deferred():  # a point is logged and counted whole, or not at all
                     record(rec)
                     advance(rec)
         except KeyboardInterrupt:
             outcome.interrupted = True
         finally:
-            gen.close()  # shuts the executor down (and stops running points) on an interrupt
+            with _signals_deferred():  # a second Ctrl-C must not cut the shutdown short
+                gen.close()  # shuts the executor down (and stops running points) on an interrupt
     outcome.summary = write_summary(out, points_table(points, done))
     return outcome
 
 
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _on_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 @contextlib.contextmanager
-def _sigint_deferred() -> Iterator[None]:
-    """Hold a Ctrl-C that arrives inside the block until the block is done, then raise it."""
-    if threading.current_thread() is not threading.main_thread():
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block SIGTERM stops the sweep as Ctrl-C does (workers shut down, points kept)."""
+    if not _on_main_thread():
         yield
         return
-    hit: list[bool] = []
-    old = signal.signal(signal.SIGINT, lambda *_: hit.append(True))
+    old = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, old)
+        signal.signal(signal.SIGTERM, old)
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C or SIGTERM that arrives inside the block until the block is done, then raise
+    KeyboardInterrupt."""
+    if not _on_main_thread():
+        yield
+        return
+    hit: list[int] = []
+    old = {s: signal.signal(s, lambda signum, _: hit.append(signum)) for s in _STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
     if hit:
         raise KeyboardInterrupt
 
@@ -209,9 +246,36 @@ def _run_serial(pending: Sequence[SweepPoint], fn: PointFn, **_: Any) -> Generat
         yield run_point(fn, p)
 
 
-def _ignore_sigint() -> None:
-    # Workers leave Ctrl-C to the parent, which stops the sweep and shuts them down itself.
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _worker_init(parent_pid: int) -> None:
+    """Worker process set-up: leave Ctrl-C to the parent, and die with the parent.
+
+    The parent stops the sweep on Ctrl-C or SIGTERM and shuts the workers down itself, so workers
+    ignore SIGINT and take SIGTERM's default action (a fork inherits the parent's Python handlers).
+    If the parent is killed outright (kill -9) it cannot: on Linux the kernel then sends each worker
+    SIGKILL (PR_SET_PDEATHSIG), and a watchdog thread exits the worker once its parent is gone.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if sys.platform == "linux":
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):  # no prctl (e.g. musl without it): the watchdog remains
+            pass
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent_pid,), name="pagesim-parent-watchdog",
+                     daemon=True).start()
+
+
+def _watch_parent(parent_pid: int, interval_s: float = 0.5) -> None:
+    """Exit this worker as soon as its parent process is gone (it is re-parented: getppid changes)."""
+    while os.getppid() == parent_pid:
+        time.sleep(interval_s)
+    os._exit(1)
 
 
 def _run_processes(
@@ -224,7 +288,8 @@ def _run_processes(
     # fast (the progress bar refreshes without a thread, so nothing is mid-lock at fork time).
     # Elsewhere spawn (fork is unsafe on macOS): `fn` must be importable and scripts need the guard.
     ctx = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
-    pool = ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_ignore_sigint)
+    pool = ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_worker_init,
+                               initargs=(os.getpid(),))
     futures: set[Future[dict[str, Any]]] = set()
     try:
         it = iter(pending)
@@ -263,7 +328,7 @@ def _run_dask(
         if scheduler:
             client = Client(scheduler, timeout="10s")
         else:
-            cluster = LocalCluster(n_workers=workers or 2, threads_per_worker=1, processes=True)
+            cluster = _local_cluster(LocalCluster, workers or 2)
             client = Client(cluster)
     futures = [client.submit(run_point, fn, p, pure=False) for p in pending]
     try:
@@ -275,6 +340,25 @@ def _run_dask(
             client.close()
             if cluster is not None:
                 cluster.close()
+
+
+def _local_cluster(factory: Any, workers: int) -> Any:
+    """A Dask LocalCluster whose worker processes ignore Ctrl-C and log only errors.
+
+    A terminal's Ctrl-C goes to the whole foreground process group; Dask's nanny and worker
+    processes would each print a KeyboardInterrupt traceback. Started while SIGINT is ignored, they
+    keep ignoring it (a child inherits an ignored signal, and Python keeps it ignored), and this
+    process shuts them down in order. Their shutdown warnings (cancelled tasks) are silenced.
+    """
+    if not _on_main_thread():
+        return factory(n_workers=workers, threads_per_worker=1, processes=True, silence_logs=logging.ERROR,
+                       dashboard_address=None)
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return factory(n_workers=workers, threads_per_worker=1, processes=True, silence_logs=logging.ERROR,
+                       dashboard_address=None)
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 # --------------------------------------------------------------------------- progress

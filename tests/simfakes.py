@@ -52,11 +52,20 @@ def fake_result(system: str = "paged(B=16)", n_req: int = 20, n_mem: int = 30, s
 
 
 def slow_point(params: dict[str, Any]) -> dict[str, Any]:
-    """Sweep stand-in: sleeps `sleep` s, fails when params['fail'], logs its call to `calls_file`."""
+    """Sweep stand-in: sleeps `sleep` s, fails when params['fail'], logs its call to `calls_file`.
+
+    With `gate` (a path) and `gate_from` (an x), points with x >= gate_from also wait (up to 120 s)
+    until that file exists: a test that interrupts a sweep holds those points back, so the sweep
+    cannot finish before the test's signal arrives however slow the machine is.
+    """
     if params.get("calls_file"):
         with open(params["calls_file"], "a") as f:
             f.write(f"{params['x']}\n")
     time.sleep(float(params.get("sleep", 0.0)))
+    if params.get("gate") and params["x"] >= params.get("gate_from", 0):
+        deadline = time.monotonic() + 120.0
+        while not os.path.exists(params["gate"]) and time.monotonic() < deadline:
+            time.sleep(0.02)
     if params.get("fail") and params["x"] in params["fail"]:
         raise RuntimeError(f"point x={params['x']} failed on purpose")
     x = params["x"]

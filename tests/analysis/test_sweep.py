@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -81,16 +82,21 @@ _SCRIPT = textwrap.dedent("""
     sys.path[:0] = [{tests!r}, {repo!r}]
     from simfakes import slow_point
     from analysis.sweep import expand_grid, run_sweep
-    pts = expand_grid({{"x": list(range(1, 11))}}, {{"sleep": 0.25, "calls_file": {calls!r}}})
+    pts = expand_grid({{"x": list(range(1, 11))}}, {base!r})
     out = run_sweep(pts, slow_point, {out!r}, executor="process", workers=2, progress=False, resume=True)
     print("interrupted" if out.interrupted else "complete", out.ran, flush=True)
     sys.exit(130 if out.interrupted else 0)
 """)
+GATE_FROM = 5  # points x >= 5 wait for the gate file: the sweep cannot end before the test interrupts it
+
+
+def _base(tmp_path: Path) -> dict[str, object]:
+    return {"sleep": 0.25, "calls_file": str(tmp_path / "calls.txt"), "gate": str(tmp_path / "gate"),
+            "gate_from": GATE_FROM}
 
 
 def _start(tmp_path: Path) -> subprocess.Popen[str]:
-    script = _SCRIPT.format(tests=str(TESTS), repo=str(REPO), calls=str(tmp_path / "calls.txt"),
-                            out=str(tmp_path / "out"))
+    script = _SCRIPT.format(tests=str(TESTS), repo=str(REPO), base=_base(tmp_path), out=str(tmp_path / "out"))
     return subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
 
@@ -105,9 +111,10 @@ def _wait_for_points(out: Path, n: int, proc: subprocess.Popen[str], timeout: fl
 
 def _resume_and_check(tmp_path: Path) -> None:
     out = tmp_path / "out"
+    (tmp_path / "gate").touch()  # let the held-back points run now
     before = {json.loads(x)["point_id"] for x in point_lines(out) if x.endswith("}")}
     calls_before = (tmp_path / "calls.txt").read_text().split()
-    pts = expand_grid({"x": list(range(1, 11))}, {"sleep": 0.25, "calls_file": str(tmp_path / "calls.txt")})
+    pts = expand_grid({"x": list(range(1, 11))}, _base(tmp_path))
     res = run_sweep(pts, slow_point, out, executor="serial", progress=False, resume=True)
     assert res.skipped == len(before) and res.ran == 10 - len(before)
     ids = [json.loads(x)["point_id"] for x in point_lines(out)]
@@ -123,7 +130,7 @@ def test_resume_after_killing_a_sweep_midway(tmp_path: Path) -> None:
     _wait_for_points(tmp_path / "out", 3, proc)
     os.killpg(proc.pid, signal.SIGKILL)  # the whole group: parent and its worker processes
     proc.wait(timeout=30)
-    assert 3 <= len(point_lines(tmp_path / "out")) < 10
+    assert 3 <= len(point_lines(tmp_path / "out")) < GATE_FROM
     _resume_and_check(tmp_path)
 
 
@@ -138,6 +145,51 @@ def test_ctrl_c_keeps_finished_points_and_exits_cleanly(tmp_path: Path) -> None:
     kept = len(point_lines(tmp_path / "out"))
     assert int(stdout.split()[1]) == kept and len(pd.read_csv(tmp_path / "out" / "summary.csv")) == kept
     _resume_and_check(tmp_path)
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is `pid` (Linux /proc)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(d.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")  # a zombie has exited
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="lists worker processes through Linux /proc")
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "sigterm"])
+def test_no_worker_outlives_a_killed_sweep(tmp_path: Path, sig: signal.Signals) -> None:
+    proc = _start(tmp_path)
+    try:
+        _wait_for_points(tmp_path / "out", 2, proc)
+        workers = _children(proc.pid)
+        assert len(workers) == 2, workers
+        os.kill(proc.pid, sig)  # the parent alone, as `kill` or a job scheduler does
+        stdout, stderr = proc.communicate(timeout=60)
+        t0 = time.monotonic()
+        while any(map(_alive, workers)) and time.monotonic() - t0 < 10:
+            time.sleep(0.05)
+        assert not [w for w in workers if _alive(w)], "worker processes outlived their sweep"
+        if sig == signal.SIGTERM:  # handled like Ctrl-C: finished points kept, a clean exit
+            assert proc.returncode == 130 and stdout.startswith("interrupted"), stderr
+            assert "Traceback" not in stderr
+        _resume_and_check(tmp_path)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # leave nothing behind if the test failed
 
 
 def test_dask_local_cluster(tmp_path: Path) -> None:
