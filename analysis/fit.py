@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from analysis.experiment import Experiment
 from sim.config import PagedCacheSpec, resolve
 from sim.request import RequestSpec
+from workloads.columns import TraceColumns
 
 #: What `fixed` may name: settings the user chose (CLI option or --config file), never changed here.
 FIT_SETTINGS: tuple[str, ...] = ("model", "gpu", "max_model_len", "pool")
@@ -35,8 +36,10 @@ class Fit:
     notes: tuple[str, ...] = ()
 
 
-def longest_request(specs: Sequence[RequestSpec]) -> int:
-    """Longest prompt + output in tokens (0 for no requests)."""
+def longest_request(specs: Sequence[RequestSpec] | TraceColumns) -> int:
+    """Longest prompt + output in tokens (0 for no requests); `specs` may also be workload columns."""
+    if isinstance(specs, TraceColumns):
+        return int((specs.prompt + specs.output).max()) if len(specs) else 0
     return max((s.prompt_len + s.output_len for s in specs), default=0)
 
 
@@ -59,7 +62,7 @@ def _holds(exp: Experiment, length: int) -> bool:
     return True
 
 
-def fit_workload(exp: Experiment, specs: Sequence[RequestSpec], fixed: Collection[str] = ()) -> Fit:
+def fit_workload(exp: Experiment, specs: Sequence[RequestSpec] | TraceColumns, fixed: Collection[str] = ()) -> Fit:
     """`exp` with model / max_model_len / GPU chosen to hold the longest request of `specs`.
 
     fixed: names from FIT_SETTINGS the user chose. Returns `exp` unchanged when it already holds the

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import re
+import shutil
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,46 @@ POINTS_FILE = "points.jsonl"
 RUNS_DIR = "runs"
 PLOTS_DIR = "plots"
 RECORD_KINDS = ("requests", "steps", "memory", "monitor")
+
+
+#: What commands write at the top of a results directory: a re-used --out is cleared of these only.
+OUTPUT_NAMES: tuple[str, ...] = (SUMMARY_CSV, SUMMARY_PARQUET, CONFIG_TOML, CONFIG_JSON, POINTS_FILE, "metrics.prom",
+                                 "report.html", "report.md", RUNS_DIR, PLOTS_DIR)
+
+
+def prepare_out_dir(out_dir: Path, *, overwrite: bool = False, resume: bool = False) -> Path:
+    """Make `out_dir` ready for a new run so that no earlier run's records mix into it.
+
+    A missing or empty directory (or one holding only other files) is used as is. One that holds
+    pagesim results is refused (ValueError naming the files and the way out) unless `overwrite`
+    (the known outputs, OUTPUT_NAMES, are deleted first; other files stay) or `resume` of a sweep
+    (its points log is kept and continued).
+    """
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {out_dir}: exists and is not a directory (valid: a directory path)")
+    found = [n for n in OUTPUT_NAMES if (out_dir / n).exists()]
+    if found and resume and (out_dir / POINTS_FILE).exists():
+        return out_dir
+    if found and not overwrite:
+        if resume:
+            raise ValueError(f"--out {out_dir}: holds results ({', '.join(found)}) but no sweep to resume "
+                             f"(no {POINTS_FILE}); add --overwrite to replace them or choose another --out")
+        raise ValueError(f"--out {out_dir}: already holds results ({', '.join(found)}); add --overwrite to "
+                         "replace them" + (", --resume to continue that sweep" if POINTS_FILE in found else "")
+                         + " or choose another --out")
+    for n in found:
+        p = out_dir / n
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir
+
+
+def write_run_summary(run_dir: Path, result: SimResult) -> None:
+    """A run's summary.json (what save_run writes beside the records)."""
+    atomic_write_text(run_dir / "summary.json", to_json(summary_row(result)) + "\n")
 
 
 def slug(name: str) -> str:
@@ -201,7 +242,7 @@ def save_run(out_dir: Path, result: SimResult, *, csv: bool = False, name: str |
     write_table(steps_frame(result), d / "steps", csv)
     write_table(memory_frame(result), d / "memory", csv)
     write_table(monitor_frame(result), d / "monitor", csv)
-    atomic_write_text(d / "summary.json", to_json(summary_row(result)) + "\n")
+    write_run_summary(d, result)
     return d
 
 

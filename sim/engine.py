@@ -4,7 +4,8 @@ One SimPy process walks the workload in arrival order and queues each request (a
 distinct arrival time); cancel times are timeouts whose callbacks abort the request at once. The
 step loop asks the scheduler for a batch, samples memory (and the allocator monitor), advances the
 clock by the latency model's step time plus the swap transfers on its critical path with one
-timeout, then applies the step. No I/O: the op log goes to the caller's `op_sink`.
+timeout, then applies the step. No I/O: the op log goes to the caller's `op_sink`, and a streaming
+run hands its records to the caller's `record_sink` (sim.records.stream) instead of keeping them.
 Engines can share one `simpy.Environment` (sim.cluster): the caller then hands each its requests
 (`submit`, then `close`) and builds its result with `finish`.
 """
@@ -14,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import math
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator, Sized
 from typing import Any, cast
 
 import numpy as np
@@ -29,7 +30,8 @@ from sim.records.memory_probe import MemoryProbe
 from sim.records.metrics import StepTotals, request_record, summarize
 from sim.records.monitor import Monitor
 from sim.records.results import MemorySample, SimResult, StepRecord
-from sim.request import RequestSpec, SpecError
+from sim.records.stream import RecordSink, RecordStream
+from sim.request import RequestSpec
 from sim.sched.kv_ops import KVOps
 from sim.sched.lifecycle import abort_group, admit_request, complete_step
 from sim.sched.scheduler import Scheduler, SchedulerOutput
@@ -37,25 +39,9 @@ from sim.sched.sequence import REJECTED, SeqGroup, SeqTable
 from sim.sched.swap import SwapSpace, SwapStats
 from sim.timing.engines import get_engine
 from sim.timing.latency import BatchShape, LatencyModel, load_latency_model
+from sim.workload import check_workload, stream_workload
 
 _EMPTY = np.zeros(0, dtype=np.int64)
-
-
-def check_workload(requests: Iterable[RequestSpec]) -> list[RequestSpec]:
-    """The workload as a list; SpecError for a non-RequestSpec item, a duplicate req_id, or a
-    combination the engine does not model (beam search with speculative decoding)."""
-    specs = list(requests)
-    seen: set[object] = set()
-    for i, r in enumerate(specs):
-        if not isinstance(r, RequestSpec):
-            raise SpecError(f"workload item {i}: expected a RequestSpec, got {type(r).__name__}")
-        if r.req_id in seen:
-            raise SpecError(f"request {r.req_id!r}: duplicate req_id (valid: unique ids)")
-        seen.add(r.req_id)
-        if r.beam_width > 1 and r.spec_k > 0:
-            raise SpecError(f"request {r.req_id!r}: beam_width = {r.beam_width} with spec_k = {r.spec_k} "
-                            f"is not modelled (valid: spec_k = 0 when beam_width > 1)")
-    return specs
 
 
 @contextlib.contextmanager
@@ -78,11 +64,16 @@ class Engine:
     def __init__(self, requests: Iterable[RequestSpec], config: SimConfig, *,
                  rng: np.random.Generator | int | None = None,
                  op_sink: Callable[[dict[str, Any]], None] | None = None,
+                 record_sink: RecordSink | None = None,
                  check_invariants: bool = False, env: simpy.Environment | None = None) -> None:
         config.validate()
         self.check = check_invariants  # tests: check every invariant after each step (slow)
         self.config = config
-        self.specs = sorted(check_workload(requests), key=lambda r: r.arrival_time)  # stable
+        self.specs: Iterable[RequestSpec]
+        if isinstance(requests, Sized):
+            self.specs = sorted(check_workload(requests), key=lambda r: r.arrival_time)  # stable
+        else:  # an iterator (e.g. TraceColumns.iter_specs()): read lazily, checked as it goes
+            self.specs = stream_workload(requests)
         self.res = res = resolve(config)
         self.rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
         lat = config.latency
@@ -119,7 +110,8 @@ class Engine:
         # a sliding window: self.window is None) spares the scheduler the per-sequence context array.
         self._decode_time = getattr(self.latency, "decode_step_time", None) if self.window is None else None
         self.sched.lazy_ctx = self._decode_time is not None
-        self.monitor = Monitor(self.ops, swap, unit_bytes=unit_bytes)
+        self.monitor = Monitor(self.ops, swap, unit_bytes=unit_bytes, keep_samples=record_sink is None)
+        self._stream = RecordStream(record_sink, paged=self._paged) if record_sink is not None else None
         self.probe = MemoryProbe(self.sched, self.capacity, self.window)
         self.swap_stats = SwapStats(config.scheduler.swap_prefetch, overlap=self.engine_profile.swap_overlap,
                                     block_copy_s=swap.block_copy_s if swap is not None else 0.0)
@@ -130,6 +122,7 @@ class Engine:
         self._blocks: list[tuple[float, int, int]] = []  # (time, logical, physical) per sample (paged)
         self._last_sample = -math.inf
         self._arrivals_done = False
+        self.num_arrived = 0  # requests arrived so far (progress displays; self.groups is empty when streaming)
         self._wake: simpy.Event | None = None
         self._frag_since: float | None = None
         self.frag_wait_s = 0.0  # head of the queue blocked only by external fragmentation
@@ -148,7 +141,11 @@ class Engine:
         """A request arrives now: queue it (or record it REJECTED) and wake the step loop."""
         env = self.env
         g = admit_request(self.sched, spec, max_model_len=self.res.max_model_len)
-        self.groups.append(g)
+        if self._stream is None:
+            self.groups.append(g)
+        else:
+            self._stream.admit(g)
+        self.num_arrived += 1
         if g.status == REJECTED:
             g.finish_s = env.now
             return g
@@ -264,16 +261,19 @@ class Engine:
 
     def _record_step(self, out: SchedulerOutput, start: float, dt: float) -> None:
         bs = len(out.prefills) + (out.num_simple if out.decode_ctx is None else out.decode_ctx.size)
-        if not self._record:  # running sums only (with records they are rebuilt from them at the end)
+        stream = self._stream
+        if not self._record or stream is not None:  # running sums (else rebuilt from the records at the end)
             self.totals.add(bs, dt, out)
-            return
+            if not self._record:
+                return
         c = self.cache
         if isinstance(c, PagedKVCache):
             free = c.num_free_blocks
             used = c.num_blocks - free
         else:
             used, free = c.used_slots, c.free_slots
-        rec = StepRecord(len(self.steps), start, dt, bs, out.num_prefill_tokens, out.num_decode_tokens, used, free,
+        index = len(self.steps) if stream is None else self.totals.num_steps - 1
+        rec = StepRecord(index, start, dt, bs, out.num_prefill_tokens, out.num_decode_tokens, used, free,
                          out.num_cows, out.swap_out_blocks, out.swap_in_blocks, len(out.preempted),
                          len(self.sched.waiting))
         if out.swap_time_s:
@@ -281,7 +281,10 @@ class Engine:
             rec.swap_out_bytes, rec.swap_in_bytes = out.swap_out_blocks * bb, out.swap_in_blocks * bb
             rec.swap_s, rec.swap_hidden_s = out.swap_exposed_s, out.swap_time_s - out.swap_exposed_s
             rec.num_prefetch_hidden = out.swap_hidden
-        self.steps.append(rec)
+        if stream is None:
+            self.steps.append(rec)
+        else:
+            stream.step(rec)
 
     def _track_fragmentation(self, out: SchedulerOutput, now: float) -> None:
         if out.blocked == "later_fragmented":
@@ -306,18 +309,24 @@ class Engine:
         sc, ss, sa, sf, used, ext, used_blocks, stl, stp = self.probe.sums()
         logical = sc - ss
         free = self.capacity - used
-        mem = self.memory
-        if mem and mem[-1].time_s == now:
-            mem.pop()
-            if self._blocks:
-                self._blocks.pop()
         # The categories of sim.records.breakdown.from_sums, inlined on this per-step path.
         sample = MemorySample(now, float(used - (sa - logical) - stp), float(sf - sc), float(sa - sf + stp),
                               float(ss), float(ext), float(free - ext), float(logical - stl), float(self.capacity))
-        mem.append(sample)
+        stream = self._stream
+        if stream is not None:  # running means (a sample at the same instant replaces the previous one)
+            stream.sample(sample)
+            if self._paged:
+                stream.blocks.add(now, (sa // self.ops.block_size, used_blocks))
+        else:
+            mem = self.memory
+            if mem and mem[-1].time_s == now:
+                mem.pop()
+                if self._blocks:
+                    self._blocks.pop()
+            mem.append(sample)
+            if self._paged:
+                self._blocks.append((now, sa // self.ops.block_size, used_blocks))
         self.monitor.sample(now, sample, used_blocks if self._paged else used)
-        if self._paged:
-            self._blocks.append((now, sa // self.ops.block_size, used_blocks))
 
     def check_invariants(self) -> None:
         """Scheduler, cache and block-count invariants (AssertionError naming what broke).
@@ -358,6 +367,7 @@ class Engine:
     def finish(self, end: float) -> SimResult:
         """The run's records and summary, with the run ending at `end` (after the loop has ended)."""
         self._track_fragmentation(SchedulerOutput(), end)
+        stream = self._stream
         records = [request_record(g, paged=self.ops.paged) for g in self.groups]
         cfg = self.config.to_dict()
         cfg.update(capacity_tokens=self.capacity, num_blocks=self.res.num_blocks,
@@ -366,8 +376,13 @@ class Engine:
                    gpu=self.res.gpu.name, latency_model=self.latency.name, engine=self.engine_profile.name)
         result = SimResult(system=system_label(self.config.cache), config=cfg, requests=records,
                            steps=self.steps, memory=self.memory, monitor=self.monitor.finish())
-        totals = StepTotals.from_steps(result) if self._record else self.totals
-        result.summary = summarize(result, totals=totals, end_s=end)
+        if stream is not None:  # the records went to the sink: summarize the running sums
+            means = stream.finish(end)
+            result.summary = summarize(result, totals=self.totals, end_s=end, requests=stream.requests,
+                                       memory=means)
+        else:
+            totals = StepTotals.from_steps(result) if self._record else self.totals
+            result.summary = summarize(result, totals=totals, end_s=end)
         result.summary.update(self._extras(end, result.summary["duration_s"]))
         return result
 
@@ -386,11 +401,14 @@ class Engine:
             **self.monitor.totals(end, duration),
         }
         if isinstance(c, PagedKVCache):
-            logical = physical = 0.0
-            for (t0, lb, pb), (t1, _, _) in zip(self._blocks, [*self._blocks[1:], (end, 0, 0)], strict=True):
-                logical += lb * (t1 - t0)
-                physical += pb * (t1 - t0)
-            out["sharing_savings_blocks_pct"] = 100.0 * (1 - physical / logical) if logical > 0 else 0.0
+            if self._stream is not None:
+                out["sharing_savings_blocks_pct"] = self._stream.sharing_savings_blocks_pct(end)
+            else:
+                logical = physical = 0.0
+                for (t0, lb, pb), (t1, _, _) in zip(self._blocks, [*self._blocks[1:], (end, 0, 0)], strict=True):
+                    logical += lb * (t1 - t0)
+                    physical += pb * (t1 - t0)
+                out["sharing_savings_blocks_pct"] = 100.0 * (1 - physical / logical) if logical > 0 else 0.0
             out["num_cows"] = c.total_cows - self.ops.cows_ignored
             out["prefix_cache_hit_rate"] = (c.num_cache_hits / c.num_cache_queries
                                             if c.num_cache_queries else float("nan"))
@@ -401,12 +419,17 @@ class Engine:
 
 def simulate(requests: Iterable[RequestSpec], config: SimConfig | None = None, *,
              rng: np.random.Generator | int | None = None,
-             op_sink: Callable[[dict[str, Any]], None] | None = None) -> SimResult:
+             op_sink: Callable[[dict[str, Any]], None] | None = None,
+             record_sink: RecordSink | None = None) -> SimResult:
     """Run a workload through one cache system and scheduler; returns per-request, per-step and
     memory records plus `summary` (SUMMARY_KEYS and extras).
 
-    rng: the run's random generator (beam survival, draft acceptance) or a seed; op_sink receives
-    one dict per successful allocator operation in the replay JSONL format.
+    requests: a collection of RequestSpecs (sorted by arrival here), or an iterator of them in arrival
+    order, read lazily (a workload need not fit in memory). rng: the run's random generator (beam
+    survival, draft acceptance) or a seed; op_sink receives one dict per successful allocator
+    operation in the replay JSONL format. record_sink: stream the records to it instead of keeping
+    them (the result then holds the summary only; memory stays bounded by the live requests; see
+    sim.records.stream for the summary's accuracy).
     Raises SpecError for an impossible configuration or workload (the message names the field).
     """
-    return Engine(requests, config or SimConfig(), rng=rng, op_sink=op_sink).run()
+    return Engine(requests, config or SimConfig(), rng=rng, op_sink=op_sink, record_sink=record_sink).run()

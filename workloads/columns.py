@@ -15,6 +15,8 @@ from numpy.typing import ArrayLike
 
 from sim.request import RequestSpec
 
+_ITER_CHUNK = 1 << 16  # rows converted to Python values at a time by iter_specs
+
 
 @dataclass(slots=True)
 class TraceColumns:
@@ -114,15 +116,19 @@ class TraceColumns:
         """RequestSpecs one at a time, in arrival order (RequestSpec validates each again).
 
         An engine that pulls arrivals lazily keeps memory bounded by the columns, not by a million
-        spec objects.
+        spec objects: the columns become Python values one chunk of rows at a time.
         """
-        cancel = (None if c != c else c for c in self.cancel_time.tolist())  # NaN -> never
-        for r, t, p, o, nn, b, k, acc, h, u, c in zip(
-                self.req_id.tolist(), self.arrival.tolist(), self.prompt.tolist(), self.output.tolist(),
-                self.n.tolist(), self.beam_width.tolist(), self.spec_k.tolist(), self.spec_accept.tolist(),
-                self.prefix_hashes, self.prefix_unit.tolist(), cancel, strict=True):
-            yield RequestSpec(req_id=r, arrival_time=t, prompt_len=p, output_len=o, n=nn, beam_width=b,
-                              spec_k=k, spec_accept=acc, prefix_hashes=h, prefix_unit=u, cancel_time=c)
+        size = len(self)
+        for lo in range(0, size, _ITER_CHUNK):
+            hi = min(lo + _ITER_CHUNK, size)
+            cancel = (None if c != c else c for c in self.cancel_time[lo:hi].tolist())  # NaN -> never
+            for r, t, p, o, nn, b, k, acc, h, u, c in zip(
+                    self.req_id[lo:hi].tolist(), self.arrival[lo:hi].tolist(), self.prompt[lo:hi].tolist(),
+                    self.output[lo:hi].tolist(), self.n[lo:hi].tolist(), self.beam_width[lo:hi].tolist(),
+                    self.spec_k[lo:hi].tolist(), self.spec_accept[lo:hi].tolist(), self.prefix_hashes[lo:hi],
+                    self.prefix_unit[lo:hi].tolist(), cancel, strict=True):
+                yield RequestSpec(req_id=r, arrival_time=t, prompt_len=p, output_len=o, n=nn, beam_width=b,
+                                  spec_k=k, spec_accept=acc, prefix_hashes=h, prefix_unit=u, cancel_time=c)
 
     def to_specs(self) -> list[RequestSpec]:
         """All rows as RequestSpecs (the costly step for millions of rows; benchmarks/bench_workloads.py)."""

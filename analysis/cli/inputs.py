@@ -49,19 +49,26 @@ def fixed_settings(opts: dict[str, Any], config: Path | None, axes: tuple[str, .
     return frozenset(out)
 
 
-def fit_to_workload(exp: Any, fixed: frozenset[str], o: Console) -> tuple[Any, Any, dict[str, Any]]:
-    """(experiment, specs, load stats): the workload built once, the defaults fitted to it, notes printed."""
+def fit_to_workload(exp: Any, fixed: frozenset[str], o: Console, *, lean: bool = False
+                    ) -> tuple[Any, Any, dict[str, Any]]:
+    """(experiment, specs, load stats): the workload built once, the defaults fitted to it, notes printed.
+
+    lean: the requests stay columns (no list of RequestSpecs is built); specs is then None and the run
+    streams them from the columns itself."""
     from analysis import api
     from analysis.fit import fit_workload
     from sim.config import resolve
 
     for system in exp.systems:  # an impossible pool (too large, smaller than a block) fails before anything
         resolve(exp.sim_config(system))
-    specs, stats = api.build_workload(exp)
+    build = api.workload_columns if lean else api.build_workload
+    specs, stats = build(exp)
     fit = fit_workload(exp, specs, fixed)
     if fit.experiment is not exp and exp.workload.trace is None:
         # Synthetic outputs are cut to the context: rebuild with the fitted one, as a rerun of config.toml will.
-        specs, stats = api.build_workload(fit.experiment)
+        specs, stats = build(fit.experiment)
+    if lean:
+        specs = None
     for note in (*fit.notes, *workload_notes(stats)):
         o.print(wrap(f"note: {note}", o), markup=False, highlight=False)
     return fit.experiment, specs, stats

@@ -57,7 +57,7 @@ def progress(err: Console, enabled: bool = True) -> Iterator[Callable[[str, Any]
 
         def poll() -> None:
             while not done.wait(0.2):
-                bar.update(task, completed=len(engine.groups), t=float(engine.env.now))
+                bar.update(task, completed=engine.num_arrived, t=float(engine.env.now))
 
         th = threading.Thread(target=poll, daemon=True)
         th.start()

@@ -69,6 +69,8 @@ Router = Annotated[str | None, typer.Option("--router", help="Routing policy: ro
 LoadFactor = Annotated[float | None, typer.Option("--load-factor", help="Prefix-aware load bound: a replica takes a request only under ceil(F * (outstanding + 1) / replicas) (default 1.25).")]
 TraceOut = Annotated[Path | None, typer.Option("--trace-out", help="Write a schedule trace for Perfetto / chrome://tracing (JSON, one track per replica).")]
 MetricsFmt = Annotated[str, typer.Option("--metrics-format", help="Also write the run totals: none or prometheus (metrics.prom).")]
+Lean = Annotated[bool, typer.Option("--lean", help="Huge workloads: stream requests in and request records out (Parquet, in chunks); no step/monitor records, plots or report; memory bounded by live requests.")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace the results already in --out (else a folder holding results is refused).")]
 
 # option name -> experiment override key
 _KEYS = {
@@ -138,7 +140,7 @@ def _default_out(cmd: str, out: Path | None) -> Path:
 
 def _simulate(cmd: str, exp: Any, out: Path, csv: bool, op_log: bool, plots: bool, report: bool,
               metrics_format: str = "none", wide: bool = False, fixed: frozenset[str] = frozenset(),
-              trace_out: Path | None = None) -> None:
+              trace_out: Path | None = None, lean: bool = False, overwrite: bool = False) -> None:
     from analysis import api
     from analysis.conclusions import conclusions
     from analysis.prometheus import check_format
@@ -149,20 +151,25 @@ def _simulate(cmd: str, exp: Any, out: Path, csv: bool, op_log: bool, plots: boo
         raise ValueError("--op-log records one allocator; it is not available with --replicas > 1")
     check_out_dir(out)
     o, err = tables.consoles(wide)
-    exp, specs, _stats = inputs.fit_to_workload(exp, fixed, o)
+    exp, specs, _stats = inputs.fit_to_workload(exp, fixed, o, lean=lean)
     for line in (f"{cmd}: {', '.join(exp.systems)} on {exp.title()}", *progress.pool_lines(exp)):
         o.print(tables.wrap(line, o), markup=False, highlight=False)
     t0 = time.perf_counter()
 
     def done(r: SimResult) -> None:
-        rejected = sum(q.status == "rejected" for q in r.requests)
-        err.print(f"  {r.system}: {len(r.requests)} requests, {len(r.steps)} steps"
+        rejected = r.summary.get("num_rejected", 0)
+        err.print(f"  {r.system}: {r.summary['num_requests']} requests, {r.summary['num_steps']} steps"
                   + (f", {rejected} REJECTED (see below)" if rejected else "") + f" ({progress.elapsed(t0)})",
                   markup=False, highlight=False)
 
+    if lean and (plots or report):
+        err.print("  --lean: no plots or report (the request records are in runs/<system>/requests.parquet)",
+                  markup=False, highlight=False)
+        plots = report = False
     with progress.progress(err) as start:
         df = api.run(exp, out, csv=csv, op_log=op_log, plots=plots, on_result=done, on_start=start,
-                     metrics_format=metrics_format, specs=specs, trace_out=trace_out)
+                     metrics_format=metrics_format, specs=specs, trace_out=trace_out, lean=lean,
+                     overwrite=overwrite)
     tables.print_summary(o, df, exp.title(), wide=wide)
     if exp.replicas > 1:
         _print_replicas(o, out, wide)
@@ -224,7 +231,8 @@ def register(app: typer.Typer) -> None:
                 prefetch: Prefetch = None, pcie: Pcie = None, seed: Seed = None, out: Out = None, csv: Csv = False,
                 op_log: OpLog = False, plots: Plots = True, report: Report = False,
                 metrics_format: MetricsFmt = "none", wide: Wide = False, replicas: Replicas = None,
-                router: Router = None, load_factor: LoadFactor = None, trace_out: TraceOut = None) -> None:
+                router: Router = None, load_factor: LoadFactor = None, trace_out: TraceOut = None,
+                lean: Lean = False, overwrite: Overwrite = False) -> None:
         """One simulation: a workload through one cache system (or the systems of a --config file).
 
         Examples:
@@ -234,12 +242,13 @@ def register(app: typer.Typer) -> None:
           pagesim run --model mistral-7b --gpu a100-80gb --preemption swap --swap-prefetch --metrics-format prometheus
           pagesim run --system paged+prefix --replicas 4 --router prefix-aware --trace-out results/schedule.json \
             --trace ../shared/traces/mooncake_fast25/conversation_trace.jsonl -n 400 --model llama-3-8b
+          pagesim run -n 1000000 --rate 2 --lean --out results/big   # records streamed to Parquet
         """
         with _errors("run"):
             extra = {"system": system} if system else ({} if config else {"system": "paged"})
             exp = _experiment(config, locals(), **extra)
             _simulate("run", exp, _default_out("run", out), csv, op_log, plots, report, metrics_format, wide,
-                      inputs.fixed_settings(locals(), config), trace_out)
+                      inputs.fixed_settings(locals(), config), trace_out, lean, overwrite)
 
     @app.command("compare")
     def compare_cmd(config: Config = None, systems: Annotated[str | None, typer.Option(
@@ -256,7 +265,8 @@ def register(app: typer.Typer) -> None:
                     pcie: Pcie = None, seed: Seed = None, out: Out = None, csv: Csv = False, op_log: OpLog = False,
                     plots: Plots = True, report: Report = True, metrics_format: MetricsFmt = "none",
                     wide: Wide = False, replicas: Replicas = None, router: Router = None,
-                    load_factor: LoadFactor = None, trace_out: TraceOut = None) -> None:
+                    load_factor: LoadFactor = None, trace_out: TraceOut = None, lean: Lean = False,
+                    overwrite: Overwrite = False) -> None:
         """Paged vs contiguous (max / pow2 / oracle) caches on the same workload, side by side.
 
         Memory breakdown (the vLLM paper's Fig. 2), throughput, latency and batch size per system.
@@ -272,7 +282,7 @@ def register(app: typer.Typer) -> None:
             extra = {"systems": _split(systems)} if systems else {}
             exp = _experiment(config, locals(), **extra)
             _simulate("compare", exp, _default_out("compare", out), csv, op_log, plots, report, metrics_format,
-                      wide, inputs.fixed_settings(locals(), config), trace_out)
+                      wide, inputs.fixed_settings(locals(), config), trace_out, lean, overwrite)
 
     @app.command("sweep")
     def sweep_cmd(config: Config = None,
@@ -298,7 +308,8 @@ def register(app: typer.Typer) -> None:
                   chunked: Chunked = None, preemption: Preempt = None, sliding_window: SlidingWindow = None,
                   swap_gb: SwapGb = None, prefetch: Prefetch = None, pcie: Pcie = None, seed: Seed = None,
                   replicas: Replicas = None, router: Router = None, load_factor: LoadFactor = None,
-                  out: Out = None, report: Report = True, wide: Wide = False) -> None:
+                  out: Out = None, report: Report = True, wide: Wide = False,
+                  overwrite: Overwrite = False) -> None:
         """A grid of simulations (block size, KV budget, rate, system, sampling, any field), in parallel.
 
         Each finished point is written at once, so an interrupted sweep continues with --resume;
@@ -333,7 +344,8 @@ def register(app: typer.Typer) -> None:
                 exp, _, _ = inputs.fit_to_workload(exp, inputs.fixed_settings(locals(), config, tuple(axes)), o)
             err.print(f"sweep over {', '.join(axes)} on {exp.title()} -> {out_dir}", markup=False, highlight=False)
             res = api.sweep_outcome(axes, exp, out_dir, executor=executor, workers=workers, scheduler=scheduler,
-                                    resume=resume, retry_failed=retry_failed, progress=progress)
+                                    resume=resume, retry_failed=retry_failed, progress=progress,
+                                    overwrite=overwrite)
             tables.print_summary(o, res.summary, exp.title(), tuple(axes), wide=wide)
             tables.print_conclusions(o, conclusions(res.summary, tuple(axes)))
             o.print(f"{res.total} points: {res.ran} run, {res.skipped} already done, {res.failed} failed; results: {out_dir}/")

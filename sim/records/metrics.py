@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from sim.records.results import MEMORY_CATEGORIES, SUMMARY_KEYS, RequestRecord, SimResult
+from sim.records.results import LATENCY_FIELDS, MEMORY_CATEGORIES, SUMMARY_KEYS, RequestRecord, SimResult
 
 if TYPE_CHECKING:
+    from sim.records.stream import RunningRequests
     from sim.sched.sequence import SeqGroup
     from sim.sched.step_output import SchedulerOutput
 
@@ -120,26 +121,54 @@ def memory_means(result: SimResult, end_s: float | None = None) -> dict[str, flo
     return out
 
 
-def summarize(result: SimResult, *, totals: StepTotals | None = None, end_s: float | None = None
-              ) -> dict[str, Any]:
+class ExactRequests:
+    """The request side of a run summary from a kept list of records (exact percentiles).
+
+    sim.records.stream.RunningRequests offers the same attributes and methods, accumulated record by
+    record for streaming runs.
+    """
+
+    def __init__(self, reqs: list[RequestRecord]) -> None:
+        fin = [r for r in reqs if r.status == "finished"]
+        self.num = len(reqs)
+        self.finished = len(fin)
+        self.aborted = sum(r.status == "aborted" for r in reqs)
+        self.rejected = sum(r.status == "rejected" for r in reqs)
+        self.start_s = min((r.arrival_s for r in reqs), default=0.0)
+        self.output_tokens = sum(r.output_len * max(r.n, r.beam_width) for r in fin)
+        self.prompt_tokens = sum(r.prompt_len for r in fin)
+        self.preemptions = sum(r.num_preemptions for r in reqs)
+        self._col = {f.name: np.array([getattr(r, f.name) for r in fin], dtype=float)
+                     for f in fields(RequestRecord) if f.name in LATENCY_FIELDS}
+
+    def mean(self, name: str) -> float:
+        """Mean of a latency field over finished requests (NaN values left out; NaN if none)."""
+        return _nanmean(self._col[name]) if self.finished else _NAN
+
+    def percentile(self, name: str, q: float) -> float:
+        """q-th percentile of a latency field over finished requests."""
+        return _pct(self._col[name], q) if self.finished else _NAN
+
+
+def summarize(result: SimResult, *, totals: StepTotals | None = None, end_s: float | None = None,
+              requests: ExactRequests | RunningRequests | None = None,
+              memory: dict[str, float] | None = None) -> dict[str, Any]:
     """The run summary: exactly SUMMARY_KEYS first, then extras (counts, percentiles, Fig. 2 view).
 
     totals: the engine's step sums (default: rebuilt from result.steps); end_s: the end of the run
     (default: the end of the last step). Throughput counts finished requests and their output tokens
-    over the makespan (first arrival to end of the last step).
+    over the makespan (first arrival to end of the last step). A streaming run, which keeps no
+    records, passes its running `requests` totals and `memory` means (memory_means' keys) instead.
     """
     tot = totals if totals is not None else StepTotals.from_steps(result)
-    reqs = result.requests
+    req = requests if requests is not None else ExactRequests(result.requests)
     if end_s is None:
         end_s = max((st.start_s + st.duration_s for st in result.steps), default=0.0)
-    start = min((r.arrival_s for r in reqs), default=0.0)
+    start = req.start_s if req.num else 0.0
     duration = max(end_s - start, 0.0)
-    fin = [r for r in reqs if r.status == "finished"]
-    col = {f.name: np.array([getattr(r, f.name) for r in fin], dtype=float)
-           for f in fields(RequestRecord) if f.name in ("ttft_s", "tpot_s", "e2e_s",
-                                                        "normalized_latency_s_per_token")}
-    out_tokens = sum(r.output_len * max(r.n, r.beam_width) for r in fin)
-    mm = memory_means(result, end_s)
+    fin = req.finished
+    out_tokens = req.output_tokens
+    mm = memory if memory is not None else memory_means(result, end_s)
     cap = mm.get("capacity", 0.0)
 
     def pct(name: str) -> float:
@@ -149,15 +178,15 @@ def summarize(result: SimResult, *, totals: StepTotals | None = None, end_s: flo
     s: dict[str, Any] = {
         "system": result.system,
         "block_size": int(cfg.get("cache", {}).get("block_size", 0) or 0),
-        "num_requests": len(reqs),
+        "num_requests": req.num,
         **{f"{c}_pct": pct(c) for c in MEMORY_CATEGORIES},
-        "throughput_rps": len(fin) / duration if duration > 0 else _NAN,
+        "throughput_rps": fin / duration if duration > 0 else _NAN,
         "throughput_tps": out_tokens / duration if duration > 0 else _NAN,
         "mean_batch_size": tot.sum_batch / tot.num_steps if tot.num_steps else 0.0,
-        "mean_ttft_s": _nanmean(col["ttft_s"]) if fin else _NAN,
-        "mean_tpot_s": _nanmean(col["tpot_s"]) if fin else _NAN,
-        "mean_normalized_latency_s_per_token": _nanmean(col["normalized_latency_s_per_token"]) if fin else _NAN,
-        "num_preemptions": sum(r.num_preemptions for r in reqs),
+        "mean_ttft_s": req.mean("ttft_s"),
+        "mean_tpot_s": req.mean("tpot_s"),
+        "mean_normalized_latency_s_per_token": req.mean("normalized_latency_s_per_token"),
+        "num_preemptions": req.preemptions,
         "sharing_savings_pct": (100.0 * (1 - mm["token_states"] / mm["logical_token_states"])
                                 if mm.get("logical_token_states") else 0.0),
         "latency_model": cfg.get("latency_model", ""),
@@ -167,9 +196,9 @@ def summarize(result: SimResult, *, totals: StepTotals | None = None, end_s: flo
     s = {k: s[k] for k in SUMMARY_KEYS}
     used = cap - mm.get("free", 0.0) if mm else 0.0
     extras: dict[str, Any] = {
-        "num_finished": len(fin),
-        "num_aborted": sum(r.status == "aborted" for r in reqs),
-        "num_rejected": sum(r.status == "rejected" for r in reqs),
+        "num_finished": fin,
+        "num_aborted": req.aborted,
+        "num_rejected": req.rejected,
         "duration_s": duration,
         "num_steps": tot.num_steps,
         "busy_s": tot.busy_s,
@@ -178,14 +207,13 @@ def summarize(result: SimResult, *, totals: StepTotals | None = None, end_s: flo
         "num_swap_out_blocks": tot.swap_out_blocks,
         "num_swap_in_blocks": tot.swap_in_blocks,
         "num_preempted_steps_events": tot.preempted,
-        "throughput_total_tps": ((sum(r.prompt_len for r in fin) + out_tokens) / duration
-                                 if duration > 0 else _NAN),
+        "throughput_total_tps": ((req.prompt_tokens + out_tokens) / duration if duration > 0 else _NAN),
     }
     for name, key in (("ttft_s", "ttft"), ("tpot_s", "tpot"), ("e2e_s", "e2e"),
                       ("normalized_latency_s_per_token", "normalized_latency")):
         for q in (50, 90, 99):
-            extras[f"p{q}_{key}"] = _pct(col[name], q) if fin else _NAN
-    extras["mean_e2e_s"] = _nanmean(col["e2e_s"]) if fin else _NAN
+            extras[f"p{q}_{key}"] = req.percentile(name, q)
+    extras["mean_e2e_s"] = req.mean("e2e_s")
     # The vLLM paper's Fig. 2 bars are shares of the memory a system holds (everything but free).
     for c in MEMORY_CATEGORIES:
         if c != "free":

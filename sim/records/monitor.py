@@ -16,6 +16,7 @@ import numpy as np
 
 from sim.memory.paged_cache import PagedKVCache
 from sim.records.results import MemorySample, MonitorSample
+from sim.records.stream import TimeWeighted
 from sim.sched.kv_ops import KVOps
 from sim.sched.swap import SwapSpace
 
@@ -31,7 +32,8 @@ class Monitor:
     cumulative counters never decrease.
     """
 
-    def __init__(self, ops: KVOps, swap: SwapSpace | None, *, unit_bytes: float) -> None:
+    def __init__(self, ops: KVOps, swap: SwapSpace | None, *, unit_bytes: float,
+                 keep_samples: bool = True) -> None:
         self.ops = ops
         self.cache = ops.cache
         self.paged = isinstance(ops.cache, PagedKVCache)
@@ -44,6 +46,10 @@ class Monitor:
         self._t: np.ndarray = np.zeros(0)
         self._used: np.ndarray = np.zeros(0)
         self._hist: np.ndarray = np.zeros((0, 5))
+        # Streaming runs keep no samples: the run totals come from running time-weighted sums of
+        # (free, KV bytes, refs_1..refs_gt8, used) instead (sim.records.stream.TimeWeighted).
+        self.keep = keep_samples
+        self._running = None if keep_samples else TimeWeighted(len(_MEANS) + 1)
 
     # ---- counters -----------------------------------------------------------------------------
     def counters(self) -> tuple[int, int, int]:
@@ -59,6 +65,10 @@ class Monitor:
         sample of the same instant (its fragmentation categories are reported here too), `used` the
         pool units in use. This per-step path keeps only a tuple of counters; `finish()` builds the
         records (with their rates) once, at the end of the run."""
+        if self._running is not None:
+            hist = self.cache.ref_count_histogram() if self.paged else (used, 0, 0, 0, 0)
+            self._running.add(now, (self.pool - used, used * self.unit_bytes, *hist, used))
+            return
         rows = self._rows
         if rows and rows[-1][0] == now:
             rows.pop()
@@ -118,6 +128,17 @@ class Monitor:
             "reuse_rate": reused / (alloc + reused) if alloc + reused else _NAN,
             "window_released_blocks": released,
         }
+        run = self._running
+        if run is not None:
+            if run.empty:
+                out.update({f"mean_{n}": _NAN for n in _MEANS}, min_free_blocks=_NAN, peak_kv_bytes_used=_NAN)
+                return out
+            for name, v in zip(_MEANS, run.means(end_s), strict=False):
+                out[f"mean_{name}"] = v
+            peak = run.maxima()[-1]
+            out["min_free_blocks"] = int(self.pool - peak)
+            out["peak_kv_bytes_used"] = float(peak) * self.unit_bytes
+            return out
         t, used, hist = self._t, self._used, self._hist
         if not t.size:
             out.update({f"mean_{n}": _NAN for n in _MEANS}, min_free_blocks=_NAN, peak_kv_bytes_used=_NAN)

@@ -18,6 +18,9 @@ SUMMARY_KEYS: tuple[str, ...] = (
     "num_preemptions", "sharing_savings_pct", "latency_model", "engine",
 )
 
+#: The per-request latency fields the summary averages and takes percentiles of (finished requests).
+LATENCY_FIELDS: tuple[str, ...] = ("ttft_s", "tpot_s", "e2e_s", "normalized_latency_s_per_token")
+
 MEMORY_CATEGORIES: tuple[str, ...] = (
     "token_states", "reserved", "internal_frag", "speculative", "external_frag", "free",
 )
