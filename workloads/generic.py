@@ -30,6 +30,7 @@ REQUIRED = ("prompt_len", "output_len")
 OPTIONAL = ("arrival_time", "req_id", "n", "beam_width", "spec_k", "spec_accept", "prefix_hashes",
             "prefix_unit", "cancel_time")
 COLUMNS = REQUIRED + OPTIONAL
+INT_COLUMNS = ("prompt_len", "output_len", "n", "beam_width", "spec_k", "prefix_unit")
 MAX_FANOUT = 1 << 16  # n, beam_width and spec_k beyond this are certainly a mistake
 
 
@@ -37,7 +38,7 @@ def read_generic(path: str | Path, opts: ReadOptions = DEFAULT_READ) -> tuple[Tr
     """Parse a generic CSV or JSONL trace (JSONL if the first non-blank line is a JSON object)."""
     data = read_bytes(path)
     if data.lstrip()[:1] in (b"{", b"["):
-        rows = read_jsonl(path, data, COLUMNS)
+        rows = read_jsonl(path, data, COLUMNS, int_keys=INT_COLUMNS)
         lines, present = rows.lines, [k for k in COLUMNS if k in rows.columns]
         cells: dict[str, Any] = dict(rows.columns)
         for col in REQUIRED:  # only reached with every line broken; those errors are reported instead
@@ -60,7 +61,7 @@ def read_generic(path: str | Path, opts: ReadOptions = DEFAULT_READ) -> tuple[Tr
         name, line = min(extra.items(), key=lambda kv: kv[1])
         raise TraceError(path, line, name, f"unknown column (known: {', '.join(COLUMNS)}); "
                          "pass allow_extra_columns=True to ignore it")
-    chk = RowChecker(path, lines, opts.skip_bad_rows)
+    chk = RowChecker(path, lines, opts.skip_bad_rows, json=kind == "jsonl")
     if broken:
         mask = np.zeros(len(lines), dtype=bool)
         why = dict(broken)

@@ -23,8 +23,8 @@ KEYS = ("timestamp", "input_length", "output_length", "hash_ids")
 
 def read_mooncake(path: str | Path, opts: ReadOptions = DEFAULT_READ) -> tuple[TraceColumns, dict[str, Any]]:
     """Parse a Mooncake JSONL trace; returns columns and load stats (rows, skipped, block reuse)."""
-    rows = read_jsonl(path, read_bytes(path), KEYS)
-    chk = RowChecker(path, rows.lines, opts.skip_bad_rows)
+    rows = read_jsonl(path, read_bytes(path), KEYS, int_keys=("input_length", "output_length"))
+    chk = RowChecker(path, rows.lines, opts.skip_bad_rows, json=True)
     if rows.broken:
         broken = np.zeros(len(rows.lines), dtype=bool)
         why = dict(rows.broken)

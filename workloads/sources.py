@@ -146,12 +146,15 @@ class JsonlRows:
     extra_keys: dict[str, int]
 
 
-def read_jsonl(path: str | Path, data: bytes, keys: tuple[str, ...]) -> JsonlRows:
-    """Parse JSON Lines bytes, one object per non-blank line."""
+def read_jsonl(path: str | Path, data: bytes, keys: tuple[str, ...], int_keys: tuple[str, ...] = ()) -> JsonlRows:
+    """Parse JSON Lines bytes, one object per non-blank line.
+
+    int_keys: keys whose values must be JSON integers: their cells keep their JSON types (a float
+    or a string among them stays one, so validation can name it) rather than being widened."""
     text = data.decode("utf-8-sig", errors="replace")
     if text.lstrip().startswith("["):
         raise TraceError(path, 1, None, "a JSON array, not JSON Lines; write one JSON object per line")
-    fast = _parse_arrow(data, keys)
+    fast = _parse_arrow(data, keys, int_keys)
     if fast is not None:
         return fast
     raw_lines = text.split("\n")
@@ -169,7 +172,7 @@ def read_jsonl(path: str | Path, data: bytes, keys: tuple[str, ...]) -> JsonlRow
     return JsonlRows(columns, np.asarray(numbers, dtype=np.int64), [], extra)
 
 
-def _parse_arrow(data: bytes, keys: tuple[str, ...]) -> JsonlRows | None:
+def _parse_arrow(data: bytes, keys: tuple[str, ...], int_keys: tuple[str, ...] = ()) -> JsonlRows | None:
     """Fast path for clean files: pyarrow's C++ JSON reader. None (use the Python paths, which
     name bad lines) on any parse error, a row count that does not match the lines, or column types
     other than numbers, strings and lists of ints."""
@@ -185,7 +188,11 @@ def _parse_arrow(data: bytes, keys: tuple[str, ...]) -> JsonlRows | None:
         if k not in table.column_names:
             continue
         col, typ = table.column(k), table.schema.field(k).type
-        if pa.types.is_integer(typ) or pa.types.is_floating(typ):
+        if k in int_keys and pa.types.is_floating(typ):
+            return None  # some cell is a JSON float: the Python path keeps which ones
+        if k in int_keys and pa.types.is_integer(typ) and col.null_count:
+            columns[k] = col.to_pylist()  # to_numpy would widen to float (NaN for null)
+        elif pa.types.is_integer(typ) or pa.types.is_floating(typ):
             columns[k] = col.to_numpy()  # nulls become NaN ('missing')
         elif pa.types.is_null(typ):
             continue

@@ -40,11 +40,16 @@ class RowChecker:
 
     Invariant: `bad[i]` is True iff some flag marked row i; each bad row is counted once, under the
     column of the first check that failed it (`counts`), so sum(counts) == bad.sum().
+
+    json: the cells are JSON values (JSON Lines files): a number must be a JSON number, and an
+    integer a JSON integer; a string such as "1", a float such as 1.0, a list or an object is a bad
+    value. (A CSV cell is text, so there "1" is the number 1.)
     """
 
     file: str | Path
     lines: np.ndarray
     skip_bad: bool
+    json: bool = False
     bad: np.ndarray = field(init=False)
     counts: dict[str, int] = field(default_factory=dict)
     _flags: list[_Flag] = field(default_factory=list)
@@ -71,6 +76,8 @@ class RowChecker:
 
         With a `default`, missing cells (optional columns) take it instead of being bad.
         """
+        if self.json:
+            self._json_types(column, raw, int, f"a JSON integer {lo}..{hi}")
         values, shown = self._numeric(column, raw, default)
         ok = np.isfinite(values)
         frac = ok & (values != np.floor(np.where(ok, values, 0)))
@@ -86,6 +93,9 @@ class RowChecker:
 
         With a `default`, missing cells take it (it may be NaN, meaning 'none', and is not range-checked).
         """
+        if self.json:
+            self._json_types(column, raw, (int, float),
+                             f"a JSON number {lo:g}..{hi:g}" if np.isfinite(hi) else f"a JSON number >= {lo:g}")
         values, shown = self._numeric(column, raw, default)
         if default is not None and default != default:
             skip = np.isnan(values)
@@ -98,6 +108,26 @@ class RowChecker:
         if default is not None and default != default:
             result[skip] = np.nan
         return result
+
+    def _json_types(self, column: str, raw: Any, ok: type | tuple[type, ...], valid: str) -> None:
+        """Flag JSON cells whose type is not `ok` (None is 'missing', judged later; bools are bad)."""
+        if isinstance(raw, np.ndarray) and (raw.dtype.kind in "iu" or (ok is not int and raw.dtype.kind == "f")):
+            return  # a column pyarrow parsed as that type: every cell is a JSON number of the kind
+        cells = raw.tolist() if isinstance(raw, np.ndarray) else raw
+        oks = ok if isinstance(ok, tuple) else (ok,)
+        # None is 'missing' and a boolean 'not a number', both judged by _numeric
+        bad = np.fromiter((v is not None and type(v) not in oks and type(v) is not bool for v in cells),
+                          dtype=bool, count=len(cells))
+        if not bad.any():
+            return
+        names = {str: "a JSON string", float: "a JSON float", list: "a JSON array", dict: "a JSON object"}
+
+        def reason(i: int) -> str:
+            v = cells[i]
+            hint = "; drop the quotes" if type(v) is str else ""
+            return f"{v!r} is {names.get(type(v), type(v).__name__)} (valid: {valid}{hint})"[:200]
+
+        self.flag(column, bad, reason)
 
     def _numeric(self, column: str, raw: Any, default: float | None = None) -> tuple[np.ndarray, Callable[[int], str]]:
         """Coerce to float64, flagging missing (unless defaulted), non-numeric and infinite values."""

@@ -77,11 +77,15 @@ _not_a_number = st.one_of(st.none(), st.booleans(), st.text(max_size=5), st.list
                          st.dictionaries(st.text(max_size=2), st.integers(), max_size=1),
                          st.sampled_from([float("nan"), float("inf"), float("-inf")]))
 JUNK = {  # values that are wrong for each key (never accidentally valid)
-    "timestamp": st.one_of(_not_a_number, st.integers(-10**6, -1), st.floats(-1e9, -1e-3)),
+    # numbers written as JSON strings ("1") and integral floats (1.0) for counts are wrong too
+    "timestamp": st.one_of(_not_a_number, st.integers(-10**6, -1), st.floats(-1e9, -1e-3),
+                           st.integers(0, 10**6).map(str)),
     "input_length": st.one_of(_not_a_number, st.integers(-10, 0), st.integers(2**41, 2**70),
-                              st.floats(1.01, 1e4).filter(lambda x: x != int(x))),
+                              st.floats(1.01, 1e4).filter(lambda x: x != int(x)),
+                              st.integers(1, 5000).map(str), st.integers(1, 5000).map(float)),
     "output_length": st.one_of(_not_a_number, st.integers(-10, 0),
-                               st.floats(0.01, 1e4).filter(lambda x: x != int(x))),
+                               st.floats(0.01, 1e4).filter(lambda x: x != int(x)),
+                               st.integers(1, 5000).map(str), st.integers(1, 5000).map(float)),
     "hash_ids": st.one_of(st.booleans(), st.text(max_size=5), st.integers(), st.floats(),
                           st.lists(st.integers(0, 9), min_size=3, max_size=6),  # > ceil(600/512) ids
                           st.lists(st.one_of(st.text(max_size=2), st.floats(), st.booleans(), st.none()),
