@@ -191,8 +191,12 @@ def _print(params: dict[str, Any], fit: Any, console: Console, output: Path) -> 
             for split in dict.fromkeys(r["split"] for r in rows):
                 console.print(comparison_table(f"{Path(bench).name}: {split}",
                                                [r for r in rows if r["split"] == split]))
+    err = Console(stderr=True)
     for w in params["fit"]["warnings"]:
-        console.print(f"[yellow]warning:[/yellow] {w}")
+        if params.get("cpu_shim") and w.startswith("NOT A GPU"):
+            err.print(f"[bold red]WARNING:[/bold red] {w}")  # loud, and on stderr even when stdout is piped
+        else:
+            console.print(f"[yellow]warning:[/yellow] {w}")
     console.print(f"wrote {output}  (use: pagesim run --latency {output})")
 
 

@@ -165,6 +165,7 @@ GRIDS: dict[str, BenchGrid] = {
                        heads=((32, 8),), dtypes=("fp16",), name="quick"),
     "goal": BenchGrid(batch_sizes=(32, 64), context_lens=(2048, 4096, 8192), context_modes=("fixed",),
                       block_sizes=(8, 16, 32), heads=((32, 32), (32, 8)), dtypes=("fp16",), name="goal"),
-    "tiny": BenchGrid(batch_sizes=(3,), context_lens=(9, 40), block_sizes=(8, 16), heads=((4, 2),),
+    # tiny: three context lengths so that every variant has enough rows for `pagesim calibrate`
+    "tiny": BenchGrid(batch_sizes=(3,), context_lens=(9, 24, 40), block_sizes=(8, 16), heads=((4, 2),),
                       head_dims=(64,), dtypes=("fp32",), name="tiny"),
 }

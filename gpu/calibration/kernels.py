@@ -141,6 +141,15 @@ def _independent_columns(a: np.ndarray) -> list[int]:
     return keep
 
 
+def min_rows(variant: str) -> int:
+    """Timing rows a variant's fit needs: one per coefficient (no block term for contiguous) plus 2."""
+    return len(DECODE_COEFFS) - (variant == "contiguous") + 2
+
+
+#: The device name the CPU-shim backend records (gpu.bench.device.detect_device("cpu")).
+CPU_SHIM_DEVICE = "cpu-shim"
+
+
 def fit_variant(df: pd.DataFrame, variant: str) -> tuple[dict[str, float], dict[str, Any]]:
     """Fit one variant's rows: (coefficients by DECODE_COEFFS name, fit report).
 
@@ -152,10 +161,9 @@ def fit_variant(df: pd.DataFrame, variant: str) -> tuple[dict[str, float], dict[
     a = _design(df, variant) / y[:, None]  # relative residuals: (a x - y) / y
     scale = np.linalg.norm(a, axis=0)
     scale[scale == 0] = 1.0
-    k = len(DECODE_COEFFS) - (variant == "contiguous")  # no block term without blocks
-    if len(df) < k + 2:
-        raise CalibrationError(f"variant {variant}: {len(df)} timing rows, need at least {k + 2} "
-                               f"({k} coefficients + 2)")
+    if len(df) < min_rows(variant):
+        raise CalibrationError(f"variant {variant}: {len(df)} timing rows, need at least {min_rows(variant)} "
+                               f"({min_rows(variant) - 2} coefficients + 2)")
     cols = _independent_columns(a / scale)
     x = np.zeros(len(DECODE_COEFFS))
     x[cols] = nnls(a[:, cols] / scale[cols], np.ones(len(y))) / scale[cols]
@@ -206,15 +214,34 @@ def fit(timings: pd.DataFrame, *, model: ModelSpec | None = None, gpu: GPUSpec |
     reports: dict[str, dict[str, Any]] = {}
     for v in DECODE_VARIANTS:
         rows = df[df["variant"] == v]
+        need = min_rows(v)
+        if 0 < len(rows) < need:
+            if v in ("paged", "partitioned") and not ({"paged", "partitioned"} - {v}) & set(df["variant"]):
+                raise CalibrationError(f"variant {v}: {len(rows)} timing rows, need at least {need} "
+                                       f"({need - 2} coefficients + 2); time a larger grid (e.g. pagesim bench "
+                                       "--grid quick, or more --batch-sizes / --context-lens)")
+            warnings.append(f"variant {v}: {len(rows)} timing rows, fewer than the {need} a fit needs: not fitted")
+            continue
         if len(rows):
             variants[v], reports[v] = fit_variant(rows, v)
             if reports[v]["fixed_zero"] and v != "contiguous":
                 warnings.append(f"variant {v}: the rows cannot separate {', '.join(reports[v]['fixed_zero'])} "
                                 "(fixed at 0); vary batch_size, block_size and context lengths")
+    devices = sorted(map(str, df["device"].dropna().unique())) if "device" in df else []
+    shim = CPU_SHIM_DEVICE in devices
+    label = "decode attention fitted from kernel timings; linear and prefill terms roofline"
+    if shim:  # the CPU emulation's timings say nothing about a GPU: never let the file pass for one
+        where = f" (the file is marked for {gpu.name}, but no {gpu.name} was measured)" if gpu is not None else ""
+        warnings.insert(0, f"NOT A GPU CALIBRATION: the timings come from the CPU shim (device "
+                           f"{CPU_SHIM_DEVICE!r}), which emulates the kernels on the CPU; the fitted times "
+                           f"describe that emulation, not any GPU{where}. Use it only to exercise the "
+                           "pipeline; calibrate from `pagesim bench` on the GPU itself.")
+        label = "CPU-SHIM TIMINGS, NOT A GPU: " + label
     params: dict[str, Any] = {
         "schema": PARAMS_SCHEMA,
         "source": "calibrated",
-        "label": "decode attention fitted from kernel timings; linear and prefill terms roofline",
+        "label": label,
+        "cpu_shim": shim,
         "model": model.name if model is not None else None,
         "gpu": gpu.name if gpu is not None else None,
         "tensor_parallel": tensor_parallel,
@@ -226,7 +253,7 @@ def fit(timings: pd.DataFrame, *, model: ModelSpec | None = None, gpu: GPUSpec |
             "method": "non-negative least squares on relative residuals",
             "variants": reports,
             "ignored_rows": {"torch_sdpa": ignored},
-            "devices": sorted(map(str, df["device"].dropna().unique())) if "device" in df else [],
+            "devices": devices,
             "dtypes": sorted(map(str, df["dtype"].unique())),
             "heads": sorted({tuple(int(v) for v in r) for r in df[["num_heads", "num_kv_heads", "head_dim"]]
                              .drop_duplicates().to_numpy()}),

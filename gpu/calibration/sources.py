@@ -139,7 +139,8 @@ def fit_decode(df: pd.DataFrame, model: ModelSpec | None, gpu: GPUSpec | None, t
     held = _every(len(df), _holdout_every(holdout))
     params = fit(df[~held], model=model, gpu=gpu, tensor_parallel=tp, timings_name="kernel timings")
     rep: dict[str, Any] = {"variants": params["fit"]["variants"], "warnings": params["fit"]["warnings"],
-                           "ignored_torch_sdpa": int((df["variant"] == "torch_sdpa").sum())}
+                           "ignored_torch_sdpa": int((df["variant"] == "torch_sdpa").sum()),
+                           "devices": params["fit"]["devices"], "cpu_shim": params["cpu_shim"]}
     rel_fit, rel_held = [], []
     heads = {tuple(h) for h in params["fit"]["heads"]}  # rows of other heads were not fitted: not scored
     own = [tuple(int(x) for x in r) in heads for r in df[["num_heads", "num_kv_heads", "head_dim"]].to_numpy()]
@@ -201,5 +202,9 @@ def calibrate_params(inputs: Inputs, *, model: ModelSpec | None, gpu: GPUSpec | 
         labels.append("prefill attention")
     params["label"] = (", ".join(labels) + " fitted; other terms roofline") if labels else \
         "GPU terms roofline (no GPU timings fitted)"
+    # Kernel timings from the CPU shim (kernels.fit warns): mark the whole file, whatever else it holds.
+    params["cpu_shim"] = bool(params["fit"].get("attn_decode", {}).get("cpu_shim"))
+    if params["cpu_shim"]:
+        params["label"] = "CPU-SHIM TIMINGS, NOT A GPU: " + params["label"]
     return params
 

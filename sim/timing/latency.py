@@ -90,4 +90,6 @@ def load_latency_model(spec: str | Path | dict[str, Any] | None, model: ModelSpe
                                efficiency=float(params.get("efficiency", DEFAULT_EFFICIENCY)),
                                flops_efficiency=params.get("flops_efficiency"), tensor_parallel=tp, engine=engine,
                                gemm=file_gemm(params))
+    if params.get("cpu_shim"):  # fitted from CPU-emulation timings (gpu.calibration): say so in every result
+        label += " [CPU-shim timings: not a GPU]"
     return CalibratedLatency(params, m, g, name=label, tensor_parallel=tp, engine=engine)
