@@ -58,18 +58,9 @@ def prepare_out_dir(out_dir: Path, *, overwrite: bool = False, resume: bool = Fa
     (the known outputs, OUTPUT_NAMES, are deleted first; other files stay) or `resume` of a sweep
     (its points log is kept and continued).
     """
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"--out {out_dir}: exists and is not a directory (valid: a directory path)")
-    found = [n for n in OUTPUT_NAMES if (out_dir / n).exists()]
+    found = check_reuse(out_dir, overwrite=overwrite, resume=resume)
     if found and resume and (out_dir / POINTS_FILE).exists():
         return out_dir
-    if found and not overwrite:
-        if resume:
-            raise ValueError(f"--out {out_dir}: holds results ({', '.join(found)}) but no sweep to resume "
-                             f"(no {POINTS_FILE}); add --overwrite to replace them or choose another --out")
-        raise ValueError(f"--out {out_dir}: already holds results ({', '.join(found)}); add --overwrite to "
-                         "replace them" + (", --resume to continue that sweep" if POINTS_FILE in found else "")
-                         + " or choose another --out")
     for n in found:
         p = out_dir / n
         if p.is_dir() and not p.is_symlink():
@@ -78,6 +69,24 @@ def prepare_out_dir(out_dir: Path, *, overwrite: bool = False, resume: bool = Fa
             p.unlink()
     out_dir.mkdir(parents=True, exist_ok=True)
     return out_dir
+
+
+def check_reuse(out_dir: Path, *, overwrite: bool = False, resume: bool = False) -> list[str]:
+    """The check of prepare_out_dir without changing anything (a CLI runs it before any work):
+    ValueError if `out_dir` may not be used; else the known outputs it holds (OUTPUT_NAMES)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {out_dir}: exists and is not a directory (valid: a directory path)")
+    found = [n for n in OUTPUT_NAMES if (out_dir / n).exists()]
+    if found and resume and (out_dir / POINTS_FILE).exists():
+        return found
+    if found and not overwrite:
+        if resume:
+            raise ValueError(f"--out {out_dir}: holds results ({', '.join(found)}) but no sweep to resume "
+                             f"(no {POINTS_FILE}); add --overwrite to replace them or choose another --out")
+        raise ValueError(f"--out {out_dir}: already holds results ({', '.join(found)}); add --overwrite to "
+                         "replace them" + (", --resume to continue that sweep" if POINTS_FILE in found else "")
+                         + " or choose another --out")
+    return found
 
 
 def write_run_summary(run_dir: Path, result: SimResult) -> None:

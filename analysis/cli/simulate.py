@@ -144,12 +144,13 @@ def _simulate(cmd: str, exp: Any, out: Path, csv: bool, op_log: bool, plots: boo
     from analysis import api
     from analysis.conclusions import conclusions
     from analysis.prometheus import check_format
-    from analysis.results_io import check_out_dir
+    from analysis.results_io import check_out_dir, check_reuse
 
     check_format(metrics_format)  # before any simulation runs
     if op_log and exp.replicas > 1:
         raise ValueError("--op-log records one allocator; it is not available with --replicas > 1")
     check_out_dir(out)
+    check_reuse(out, overwrite=overwrite)
     o, err = tables.consoles(wide)
     exp, specs, _stats = inputs.fit_to_workload(exp, fixed, o, lean=lean)
     for line in (f"{cmd}: {', '.join(exp.systems)} on {exp.title()}", *progress.pool_lines(exp)):
@@ -335,10 +336,11 @@ def register(app: typer.Typer) -> None:
                                  "--samplings or --grid NAME=V1,V2)")
             from analysis import api
             from analysis.conclusions import conclusions
-            from analysis.results_io import check_out_dir
+            from analysis.results_io import check_out_dir, check_reuse
 
             out_dir = _default_out("sweep", out)
             check_out_dir(out_dir)
+            check_reuse(out_dir, overwrite=overwrite, resume=resume)
             o, err = tables.consoles(wide)
             if exp.workload.trace is not None:  # a trace's longest request decides the defaults, as in run
                 exp, _, _ = inputs.fit_to_workload(exp, inputs.fixed_settings(locals(), config, tuple(axes)), o)
