@@ -3,13 +3,17 @@
 Each size runs in its own subprocess (one core, clean peak RSS from getrusage). Default setup: OPT-13B
 on an A100-40GB (~15.4K KV slots), paged-16, roofline latency, the `sharegpt` workload preset with
 Poisson arrivals. "full" keeps every record (a memory sample and a StepRecord per step); "lean" keeps
-request records only (record_steps=False, one memory sample per simulated second), which bounds memory
-for huge traces.
+request records only (record_steps=False, one memory sample per simulated second); "stream" is lean
+with the records streamed to Parquet in chunks (analysis.record_writer, what `pagesim run --lean`
+does) and the requests streamed in from the workload columns (TraceColumns.iter_specs), so memory
+stays bounded by the live requests plus the workload columns (~88 bytes per request).
 
     python benchmarks/bench_engine.py                      # 1k, 10k full; 1k, 10k, 100k lean
     python benchmarks/bench_engine.py --sizes 1000 --modes full --rate 4
     python benchmarks/bench_engine.py --write benchmarks/results/engine.md
     python benchmarks/bench_engine.py --repeat 3           # best of 3 runs each (a shared machine)
+    python benchmarks/bench_engine.py --modes stream --sizes 100000 1000000
+    python benchmarks/bench_engine.py --columns 10000000    # RSS of a 10M-request workload's columns only
 
 Before/after comparisons: `--repo DIR` runs the simulator of another checkout of this repository,
 e.g. `git archive 8e77fe4 | tar -x -C /tmp/before` (the workload generator and the measurement are
@@ -40,13 +44,28 @@ def one(n: int, rate: float, mode: str, seed: int) -> dict[str, object]:
     from sim.engine import simulate
     from workloads.synthetic import generate
 
-    reqs = generate("sharegpt", n, rate, np.random.default_rng(seed))
-    lean = mode == "lean"
+    lean = mode in ("lean", "stream")
     config = SimConfig(record_steps=not lean, memory_sample_interval_s=1.0 if lean else None)
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    w0, c0 = time.perf_counter(), time.process_time()
-    res = simulate(reqs, config, rng=seed)
-    wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+    if mode == "stream":
+        import tempfile
+
+        from analysis.record_writer import RecordFileWriter
+        from workloads.synthetic import generate_columns
+
+        rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        w0, c0 = time.perf_counter(), time.process_time()
+        cols = generate_columns("sharegpt", n, rate, np.random.default_rng(seed))
+        with tempfile.TemporaryDirectory() as tmp, RecordFileWriter(Path(tmp), "paged-16") as sink:
+            res = simulate(cols.iter_specs(), config, rng=seed, record_sink=sink)
+            rows = sink.rows("requests")
+        wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+        assert rows == n, f"{rows} request records written for {n} requests"
+    else:
+        reqs = generate("sharegpt", n, rate, np.random.default_rng(seed))
+        rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        w0, c0 = time.perf_counter(), time.process_time()
+        res = simulate(reqs, config, rng=seed)
+        wall, cpu = time.perf_counter() - w0, time.process_time() - c0
     s = res.summary
     return {
         "requests": n, "rate": rate, "mode": mode, "wall_s": wall, "cpu_s": cpu,
@@ -86,7 +105,8 @@ def table(rows: list[dict[str, object]]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
-    ap.add_argument("--modes", nargs="+", default=["full", "lean"], choices=["full", "lean"])
+    ap.add_argument("--modes", nargs="+", default=["full", "lean"], choices=["full", "lean", "stream"])
+    ap.add_argument("--columns", type=int, help="only build N requests' workload columns; print the peak RSS")
     ap.add_argument("--full-max", type=int, default=10000, help="largest size run in full mode")
     ap.add_argument("--rate", type=float, default=2.0, help="requests per second (the paper's 2 req/s)")
     ap.add_argument("--seed", type=int, default=0)
@@ -98,6 +118,18 @@ def main() -> None:
     a = ap.parse_args()
     if a.one:
         print(json.dumps(one(a.one, a.rate, a.mode, a.seed)))
+        return
+    if a.columns:
+        import numpy as np
+
+        from workloads.synthetic import generate_columns
+
+        rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        t0 = time.perf_counter()
+        cols = generate_columns("sharegpt", a.columns, a.rate, np.random.default_rng(a.seed))
+        print(json.dumps({"requests": len(cols), "seconds": round(time.perf_counter() - t0, 2),
+                          "rss_before_mb": round(rss0), "peak_rss_mb": round(
+                              resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}))
         return
     if not (a.repo / "sim" / "engine.py").is_file():
         ap.error(f"--repo {a.repo}: no sim/engine.py there (valid: a checkout of this repository)")
