@@ -210,7 +210,8 @@ class Engine:
                 if self.check:  # the inlined categories agree with sim.records.breakdown
                     bd = self.measure()
                     bd.check_invariants()
-                    assert self.memory[-1] == bd.sample(now), "inlined breakdown drifted"
+                    last = self.memory[-1] if self._stream is None else self._stream.last_sample
+                    assert last == bd.sample(now), "inlined breakdown drifted"
             if out.decode_ctx is None and not out.prefills and decode_time:  # single-sequence decodes only
                 d = s.dset
                 dt = decode_time(out.num_simple, d.true_sum_ctx(), d.sum_alloc // bsz if bsz else 0, bsz, dtype)

@@ -276,6 +276,11 @@ class RecordStream:
                 self._mem = []
         self._held = m
 
+    @property
+    def last_sample(self) -> MemorySample | None:
+        """The latest memory sample (not yet handed to the sink)."""
+        return self._held
+
     def step(self, rec: StepRecord) -> None:
         """Take a step record."""
         buf = self._steps

@@ -195,7 +195,7 @@ def test_no_worker_outlives_a_killed_sweep(tmp_path: Path, sig: signal.Signals) 
 def test_dask_local_cluster(tmp_path: Path) -> None:
     from dask import distributed
     with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
-                                  dashboard_address=None) as cluster:
+                                  dashboard_address=":0") as cluster:
         pts = expand_grid({"x": [1, 2, 3]}, {"fail": [3]})
         out = run_sweep(pts, slow_point, tmp_path, executor="dask", scheduler=cluster.scheduler_address,
                         progress=False)

@@ -81,6 +81,14 @@ def test_a_streamed_run_gives_the_same_records_and_summary(config: SimConfig) ->
     assert full.summary["num_aborted"] > 0 and full.summary["num_finished"] > 0  # the cases are exercised
 
 
+def test_a_streamed_run_keeps_the_invariants_checked_every_step() -> None:
+    reqs = _mixed_workload(60)
+    cfg = SimConfig(cache=PagedCacheSpec(block_size=16, prefix_caching=True))
+    sink = ListSink()
+    res = Engine(iter(reqs), cfg, rng=7, record_sink=sink, check_invariants=True).run()
+    assert res.summary["num_requests"] == len(sink.reqs) == 60
+
+
 def test_lean_streamed_run_matches_lean_kept_run_and_holds_few_groups(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(stream, "CHUNK", 1000)  # hand records over in chunks of 1000
     reqs = generate("sharegpt", 6000, 2.0, np.random.default_rng(0))  # unsaturated: ~30 live
