@@ -58,5 +58,6 @@ def test_bench_cpu_quick_then_calibrate(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     assert "NOT A GPU CALIBRATION" in res.output
     params = json.loads(out.read_text())
-    assert params["cpu_shim"] is True and params["fit"]["devices"] == [CPU_SHIM_DEVICE]
+    assert params["cpu_shim"] is True and params["fit"]["attn_decode"]["devices"] == [CPU_SHIM_DEVICE]
+    assert params["label"].startswith("CPU-SHIM TIMINGS, NOT A GPU")
     assert {"paged", "partitioned", "contiguous"} <= set(params["attn_decode"]["variants"])
