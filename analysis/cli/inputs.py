@@ -62,6 +62,7 @@ def fit_to_workload(exp: Any, fixed: frozenset[str], o: Console, *, lean: bool =
     for system in exp.systems:  # an impossible pool (too large, smaller than a block) fails before anything
         resolve(exp.sim_config(system))
     build = api.workload_columns if lean else api.build_workload
+    specs: Any
     specs, stats = build(exp)
     fit = fit_workload(exp, specs, fixed)
     if fit.experiment is not exp and exp.workload.trace is None:
