@@ -157,7 +157,9 @@ def simulate_system(exp: Experiment, system: str, specs: Iterable[RequestSpec],
     if exp.replicas > 1:
         if op_log is not None:
             raise ValueError("--op-log records one allocator; it is not available with --replicas > 1")
-        return simulate_replicas(exp, system, specs)[0]
+        if record_sink is not None or lean:
+            raise ValueError("--lean streams one engine's records; it is not available with --replicas > 1")
+        return simulate_replicas(exp, system, list(specs))[0]
     from sim.engine import Engine
 
     sink = None

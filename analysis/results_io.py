@@ -47,7 +47,7 @@ RECORD_KINDS = ("requests", "steps", "memory", "monitor")
 
 #: What commands write at the top of a results directory: a re-used --out is cleared of these only.
 OUTPUT_NAMES: tuple[str, ...] = (SUMMARY_CSV, SUMMARY_PARQUET, CONFIG_TOML, CONFIG_JSON, POINTS_FILE, "metrics.prom",
-                                 "report.html", "report.md", RUNS_DIR, PLOTS_DIR)
+                                 "report.html", "report.md", "replicas.csv", RUNS_DIR, PLOTS_DIR)
 
 
 def prepare_out_dir(out_dir: Path, *, overwrite: bool = False, resume: bool = False) -> Path:
