@@ -348,16 +348,18 @@ def _local_cluster(factory: Any, workers: int) -> Any:
     A terminal's Ctrl-C goes to the whole foreground process group; Dask's nanny and worker
     processes would each print a KeyboardInterrupt traceback. Started while SIGINT is ignored, they
     keep ignoring it (a child inherits an ignored signal, and Python keeps it ignored), and this
-    process shuts them down in order. Their shutdown warnings (cancelled tasks) are silenced. The
+    process shuts them down in order. Their logs are silenced below CRITICAL: shutting down races
+    (a cancelled task's warning, a heartbeat to a scheduler already closed, logged as an ERROR with a
+    traceback), and a failing point is recorded by run_point anyway. The
     scheduler's HTTP server (dashboard, /health) takes a free port: the default 8787 would warn on
     stderr whenever another cluster holds it.
     """
     if not _on_main_thread():
-        return factory(n_workers=workers, threads_per_worker=1, processes=True, silence_logs=logging.ERROR,
+        return factory(n_workers=workers, threads_per_worker=1, processes=True, silence_logs=logging.CRITICAL,
                        dashboard_address=":0")
     old = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        return factory(n_workers=workers, threads_per_worker=1, processes=True, silence_logs=logging.ERROR,
+        return factory(n_workers=workers, threads_per_worker=1, processes=True, silence_logs=logging.CRITICAL,
                        dashboard_address=":0")
     finally:
         signal.signal(signal.SIGINT, old)
