@@ -113,6 +113,11 @@ class CupyBackend:
     def synchronize(self) -> None:
         self._cupy.cuda.Device().synchronize()
 
+    @property
+    def num_sms(self) -> int:
+        """Streaming multiprocessors of the current device (the split-K planner fills them)."""
+        return int(self._cupy.cuda.Device().attributes["MultiProcessorCount"])
+
 
 def gpu_available() -> bool:
     """True when CuPy imports and sees at least one CUDA device with a working driver."""

@@ -13,7 +13,7 @@ import numpy as np
 
 from gpu.backends.base import Backend, get_backend
 from gpu.errors import KernelInputError
-from gpu.ops.attention import DEFAULT_PARTITION_SIZE, DecodeProblem, choose_variant, run
+from gpu.ops.attention import DEFAULT_PARTITION_SIZE, DecodeProblem, choose_variant, plan_partition_size, run
 from gpu.ops.cache_ops import write_into_cache
 from gpu.ops.dtypes import storage_type
 from gpu.ops.layout import blocks_needed, check_geometry, scattered_block_tables, slot_mapping
@@ -53,7 +53,8 @@ def _check_inputs(q: np.ndarray, keys: Sequence[np.ndarray], values: Sequence[np
 
 def run_paged_decode(q: np.ndarray, keys: Sequence[np.ndarray], values: Sequence[np.ndarray], *, block_size: int,
                      dtype: str, backend: str | Backend = "auto", seed: int = 0, window: int = 0,
-                     partition_size: int = DEFAULT_PARTITION_SIZE, q_dtype: str | None = None) -> np.ndarray:
+                     partition_size: int | None = None, q_dtype: str | None = None,
+                     num_sms: int | None = None) -> np.ndarray:
     """Paged decode attention of q [num_seqs, num_heads, head_dim] over keys[i] / values[i]
     [context_len_i, num_kv_heads, head_dim] (NumPy float arrays, rounded to `dtype` storage).
 
@@ -64,6 +65,11 @@ def run_paged_decode(q: np.ndarray, keys: Sequence[np.ndarray], values: Sequence
     absolute maxima (per_head: by the write kernel) and the write kernel quantises. backend: "cpu"
     (the shim), "cupy" (a GPU) or "auto"; seed: the block-table shuffle; window > 0: attend to the
     last `window` tokens only. Returns float32 [num_seqs, num_heads, head_dim].
+
+    Split-K: with partition_size None the split comes from the GPU's SM count (num_sms, else the
+    device's; gpu.ops.split.choose_partition_size: split only when the unsplit grid leaves resident
+    CTA slots empty), and where the SM count is unknown (the CPU shim) from vLLM's 512-token rule.
+    A given partition_size uses that rule with that size.
     """
     kv = parse_kv_dtype(dtype)
     st = kv.storage if kv else storage_type(dtype)
@@ -95,5 +101,13 @@ def run_paged_decode(q: np.ndarray, keys: Sequence[np.ndarray], values: Sequence
         write_into_cache(be, k_pool, v_pool, be.asarray(k_rows), be.asarray(v_rows), slots,
                          dtype=kv.name if kv else st, input_dtype=qt.name, k_scales=k_scales, v_scales=v_scales)
     problem = DecodeProblem(qt.encode(q), k_pool, v_pool, tables, lens, q.shape[1], kvh, d, block_size, qt.name,
-                            1.0 / math.sqrt(d), window, partition_size, 0, kv.name if kv else "", k_scales, v_scales)
-    return run(problem, choose_variant(lens, q.shape[1], partition_size=partition_size), be)
+                            1.0 / math.sqrt(d), window, partition_size or DEFAULT_PARTITION_SIZE, 0,
+                            kv.name if kv else "", k_scales, v_scales)
+    sms = num_sms if num_sms is not None else int(getattr(be, "num_sms", 0))
+    if partition_size is None and sms > 0:
+        size = plan_partition_size(problem, num_sms=sms)
+        if not size:
+            return run(problem, "paged", be)
+        problem.partition_size = size
+        return run(problem, "partitioned", be)
+    return run(problem, choose_variant(lens, q.shape[1], partition_size=problem.partition_size), be)

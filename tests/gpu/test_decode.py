@@ -78,3 +78,31 @@ def test_bad_options():
     q2, k2, v2 = _inputs([2], head_dim=32)
     with pytest.raises(KernelInputError, match="head_dim = 32 is not supported"):
         gpu.run_paged_decode(q2, k2, v2, block_size=16, dtype="float16", backend="cpu")
+
+
+@pytest.mark.parametrize(("lens", "num_sms", "variant"), [
+    ([1100], 132, "partitioned"),  # one sequence, 2 KV heads: 2 CTAs for 132 SMs -> split the context
+    ([300] * 64, 1, "paged"),  # 64 x 2 CTAs already fill one SM's slots -> no split
+])
+def test_split_k_comes_from_the_sm_count(monkeypatch, lens, num_sms, variant):
+    """With an SM count (given, or a GPU's), the planner of gpu.ops.split picks the variant and the
+    partition size; the output is the same attention."""
+    from gpu.ops import decode as D
+    from gpu.ops.attention import plan_partition_size
+
+    seen = []
+    real_run = D.run
+
+    def spy(problem, v, be):
+        seen.append((v, problem.partition_size, plan_partition_size(problem, num_sms=num_sms)))
+        return real_run(problem, v, be)
+
+    monkeypatch.setattr(D, "run", spy)
+    q, keys, values = _inputs(lens)
+    out = gpu.run_paged_decode(q, keys, values, block_size=16, dtype="float32", backend="cpu", num_sms=num_sms)
+    ((v, size, planned),) = seen
+    assert v == variant
+    if variant == "partitioned":
+        assert size == planned and 0 < size < max(lens)
+    ref = decode_attention(q.astype(np.float32), keys, values, 1 / 8)
+    np.testing.assert_allclose(out, ref.astype(np.float32), atol=2e-5, rtol=2e-5)
