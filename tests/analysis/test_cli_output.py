@@ -11,19 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from clikit import cli
 from rich.console import Console
-from typer.testing import CliRunner
-
-from analysis.cli import app
-
-RUNNER = CliRunner()
-
-
-def cli(*args: str) -> tuple[int, str, str]:
-    r = RUNNER.invoke(app, list(args))
-    if r.exception is not None and not isinstance(r.exception, SystemExit):
-        raise r.exception
-    return r.exit_code, r.stdout, r.stderr
 
 
 def test_default_compare_fits_100_columns_and_leads_with_the_answer(tmp_path: Path) -> None:

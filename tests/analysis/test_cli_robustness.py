@@ -11,13 +11,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
+from clikit import cli
 
-from analysis.cli import app
 from analysis.results_io import load_results
 
 REPO = Path(__file__).resolve().parents[2]
-RUNNER = CliRunner()
 
 
 def _popen(*args: str) -> subprocess.Popen[str]:
@@ -54,12 +52,6 @@ def test_ctrl_c_of_a_dask_sweep_prints_one_clean_message(tmp_path: Path) -> None
     rest = rest[1:] if rest and rest[0].strip() == str(out) else rest
     assert len(rest) == 1 and "interrupted" in rest[0] and "--resume" in rest[0], stderr
 
-
-def cli(*args: str | Path) -> tuple[int, str, str]:
-    r = RUNNER.invoke(app, [str(a) for a in args])
-    if r.exception is not None and not isinstance(r.exception, SystemExit):
-        raise r.exception
-    return r.exit_code, r.stdout, r.stderr
 
 
 def test_reusing_an_out_folder_never_mixes_runs(tmp_path: Path) -> None:

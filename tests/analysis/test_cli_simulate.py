@@ -3,34 +3,19 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
+from clikit import cli, entry
 
-from analysis.cli import app
 from sim.records.results import SUMMARY_KEYS
 
-RUNNER = CliRunner()
 PCTS = ["token_states_pct", "reserved_pct", "internal_frag_pct", "external_frag_pct", "speculative_pct", "free_pct"]
 SMALL = ["-n", "40", "--rate", "4"]
 
 
-def cli(*args: str) -> tuple[int, str, str]:
-    r = RUNNER.invoke(app, list(args))
-    if r.exception is not None and not isinstance(r.exception, SystemExit):
-        raise r.exception
-    return r.exit_code, r.stdout, r.stderr
-
-
-def entry(*args: str) -> subprocess.CompletedProcess[str]:
-    """The installed console script's code path: `python -m analysis.cli` runs analysis.cli:main."""
-    return subprocess.run([sys.executable, "-m", "analysis.cli", *args], capture_output=True, text=True,
-                          timeout=300)
 
 
 def test_version_and_bare_command() -> None:

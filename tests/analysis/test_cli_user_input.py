@@ -4,34 +4,19 @@ option, file or field and the valid range, exit code 2, no traceback, and nothin
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from clikit import cli, entry
 from paths import DATA
-from typer.testing import CliRunner
 
-from analysis.cli import app
 from sim.checks import MAX_NUM_BLOCKS
 from sim.memory.block_pool import BlockPool
 
-RUNNER = CliRunner()
 SMALL = ["-n", "20", "--no-plots"]
 
 
-def cli(*args: str) -> tuple[int, str, str]:
-    r = RUNNER.invoke(app, list(args))
-    if r.exception is not None and not isinstance(r.exception, SystemExit):
-        raise r.exception
-    return r.exit_code, r.stdout, r.stderr
-
-
-def entry(*args: str) -> subprocess.CompletedProcess[str]:
-    """The console script's code path (`python -m analysis.cli` runs analysis.cli:main)."""
-    return subprocess.run([sys.executable, "-m", "analysis.cli", *args], capture_output=True, text=True,
-                          timeout=300)
 
 
 def one_error_line(err: str, cmd: str, needle: str) -> None:
