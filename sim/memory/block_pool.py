@@ -27,6 +27,10 @@ class BlockPool:
       - with caching disabled no block holds a hash.
     """
 
+    # decref_all: False puts the last freed uncached block at the queue's head (pagesim, vLLM v0's
+    # order); a subclass sets True to keep the given order from the head (vLLM v1).
+    uncached_first_at_head = False
+
     __slots__ = ("num_blocks", "enable_caching", "ref_cnt", "block_hash", "cached", "free_queue",
                  "num_evictions")
 
@@ -98,6 +102,8 @@ class BlockPool:
             ref[b] = c
             if not c:
                 (to_head if bh[b] is None else to_tail).append(b)
+        if self.uncached_first_at_head:
+            to_head.reverse()
         self.free_queue.extendleft(to_head)
         self.free_queue.extend(to_tail)
         return len(to_head) + len(to_tail)

@@ -33,6 +33,10 @@ class V1BlockPool(BlockPool):
     order when more than one block holds h (vLLM's BlockHashToBlockMap).
     """
 
+    # vLLM v1's free_blocks: the order given is the eviction order, so freed uncached blocks are
+    # prepended keeping it (the first given ends at the head); cached ones are appended.
+    uncached_first_at_head = True
+
     __slots__ = ("dups",)
 
     def __init__(self, num_blocks: int, *, enable_caching: bool = False) -> None:
@@ -78,24 +82,6 @@ class V1BlockPool(BlockPool):
                 self._drop_hash(b)
                 self.num_evictions += 1
         return out
-
-    def decref_all(self, blocks: list[int]) -> int:
-        """vLLM v1's free_blocks: the order given is the eviction order; uncached blocks are prepended
-        in that order (the first given ends at the head), cached ones appended."""
-        ref, bh = self.ref_cnt, self.block_hash
-        first: list[int] = []
-        last: list[int] = []
-        for b in blocks:
-            c = ref[b] - 1
-            if c < 0:
-                raise ValueError(f"block {b}: reference count would go below 0")
-            ref[b] = c
-            if not c:
-                (first if bh[b] is None else last).append(b)
-        first.reverse()
-        self.free_queue.extendleft(first)
-        self.free_queue.extend(last)
-        return len(first) + len(last)
 
     def cache_block(self, block_id: int, block_hash: int) -> bool:
         """Record the block's hash even if another block holds it (no deduplication in v1)."""
