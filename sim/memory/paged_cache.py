@@ -229,14 +229,19 @@ class PagedKVCache:
                 pool.cache_block(blocks[k], block_hashes[k])
             self.num_cache_queries += n_hashed
             self.num_cache_hits += len(hits)
+        return self._install(seq_id, blocks, num_tokens, len(hits) * bs, need, block_hashes[:n_hashed])
+
+    def _install(self, seq_id: SeqId, blocks: list[int], num_tokens: int, cached_tokens: int, need: int,
+                 hashed: Sequence[int]) -> bool:
+        """Record an allocated sequence's table and prefix-cache hit, and log the allocate."""
         self._tables[seq_id] = BlockTable(blocks, num_tokens)
-        if hits:
-            self._cached_tokens[seq_id] = len(hits) * bs
+        if cached_tokens:
+            self._cached_tokens[seq_id] = cached_tokens
         self._num_refs += need
         if self._sink is not None:
             op: dict[str, Any] = {"op": "allocate", "seq": seq_id, "n": num_tokens}
-            if n_hashed:
-                op["block_hashes"] = list(block_hashes[:n_hashed])
+            if hashed:
+                op["block_hashes"] = list(hashed)
             self._sink(op)
         return True
 

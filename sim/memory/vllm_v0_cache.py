@@ -18,7 +18,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sim.memory.block_table import BlockTable
 from sim.memory.outcomes import AllocStatus, AppendResult, CacheError, check_count
 from sim.memory.paged_cache import PagedKVCache, SeqId
 from sim.memory.v0_pool import V0BlockPool
@@ -84,16 +83,7 @@ class VllmV0Cache(PagedKVCache):
         self.num_blocks_reused += hits
         self.num_cache_queries += n_hashed
         self.num_cache_hits += hits
-        self._tables[seq_id] = BlockTable(blocks, num_tokens)
-        if leading:
-            self._cached_tokens[seq_id] = leading * bs
-        self._num_refs += need
-        if self._sink is not None:
-            op: dict[str, Any] = {"op": "allocate", "seq": seq_id, "n": num_tokens}
-            if n_hashed:
-                op["block_hashes"] = list(block_hashes[:n_hashed])
-            self._sink(op)
-        return True
+        return self._install(seq_id, blocks, num_tokens, leading * bs, need, block_hashes[:n_hashed])
 
     # ---- growth ------------------------------------------------------------------------------
     def num_new_blocks_for_append(self, seq_id: SeqId, n: int = 1) -> int:
