@@ -63,7 +63,7 @@ def test_resume_with_a_changed_base_reruns_points(tmp_path: Path) -> None:
 def test_sweep_on_a_dask_cluster_with_the_real_point_function(tmp_path: Path) -> None:
     from dask.distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, \
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, \
             Client(cluster) as client:
         df = api.sweep({"rate": [2.0, 8.0]}, None, tmp_path, executor="dask", client=client, systems=["paged"],
                        num_requests=20)

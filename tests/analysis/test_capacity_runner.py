@@ -67,7 +67,7 @@ def test_known_answer_on_a_dask_cluster(tmp_path: Path) -> None:
     from dask import distributed
 
     with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
-                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+                                  dashboard_address=":0") as cluster, distributed.Client(cluster) as client:
         res = run_capacity(exp(), TARGETS, tmp_path, SPEC, executor="dask", client=client, point_fn=model_point)
     serial = run_capacity(exp(), TARGETS, tmp_path / "serial", SPEC, executor="serial", point_fn=model_point)
     pd.testing.assert_frame_equal(res.capacity, serial.capacity)  # the executor does not change the answer
