@@ -5,7 +5,10 @@ classes, the experiment loader, replay and the CLI use, so every bad value reads
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
+from typing import Any
 
 
 def is_int(v: object) -> bool:
@@ -37,3 +40,17 @@ NUM_BLOCKS_RANGE = (f"valid: integer in [1, {MAX_NUM_BLOCKS:,}]; the simulator k
                     f"{HOST_BYTES_PER_BLOCK} B of host memory per block")
 #: The largest KV pool in token slots (2**32: ~512 TiB of Llama-3-8B KV, beyond any deployment).
 MAX_KV_TOKENS = 1 << 32
+
+
+def read_json(path: str | Path, label: str, error: type[Exception]) -> Any:
+    """The parsed JSON of a file, or `error("LABEL PATH: cannot read (...)" / "invalid JSON at line L,
+    column C: ...")` in one line (the file readers of latency params and serving benchmarks)."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise error(f"{label} {p}: cannot read ({e.strerror or e})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise error(f"{label} {p}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None

@@ -16,15 +16,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from analysis.cli.errors import fail
+
 NO_GPU = ("pagesim bench needs a CUDA GPU (none found: {reason}); use --backend cpu to exercise the harness "
           "on the CPU shim (timings then mean nothing)")
 # (reps, warmup) per backend when not given: CUDA events resolve microseconds, the CPU shim is slow.
 DEFAULT_REPS = {"cupy": (100, 10), "cpu": (3, 1)}
 
-
-def _fail(msg: str) -> typer.Exit:
-    typer.echo(f"pagesim bench: error: {msg}", err=True)
-    return typer.Exit(2)
 
 
 def gpu_absent_reason() -> str:
@@ -44,9 +42,9 @@ def _ints(opt: str, text: str) -> tuple[int, ...]:
     try:
         vals = tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError:
-        raise _fail(f"{opt} {text!r}: expected comma-separated integers, e.g. 1,8,32") from None
+        raise fail("bench", f"{opt} {text!r}: expected comma-separated integers, e.g. 1,8,32") from None
     if not vals or min(vals) < 1:
-        raise _fail(f"{opt} {text!r}: expected integers >= 1")
+        raise fail("bench", f"{opt} {text!r}: expected integers >= 1")
     return vals
 
 
@@ -54,7 +52,7 @@ def _words(opt: str, text: str, valid: tuple[str, ...]) -> tuple[str, ...]:
     vals = tuple(x.strip() for x in text.split(",") if x.strip())
     bad = [v for v in vals if v not in valid]
     if not vals or bad:
-        raise _fail(f"{opt} {text!r}: {bad[0] if bad else 'empty'} is not one of {', '.join(valid)}")
+        raise fail("bench", f"{opt} {text!r}: {bad[0] if bad else 'empty'} is not one of {', '.join(valid)}")
     return vals
 
 
@@ -65,12 +63,12 @@ def _heads(text: str) -> tuple[tuple[int, int], ...]:
         try:
             pair = (int(h), int(kv or h))
         except ValueError:
-            raise _fail(f"--heads {text!r}: {item!r} is not HEADS or HEADS:KV_HEADS (e.g. 32:8)") from None
+            raise fail("bench", f"--heads {text!r}: {item!r} is not HEADS or HEADS:KV_HEADS (e.g. 32:8)") from None
         if min(pair) < 1 or pair[0] % pair[1]:
-            raise _fail(f"--heads {text!r}: {item!r} needs heads >= 1 and a multiple of kv heads >= 1")
+            raise fail("bench", f"--heads {text!r}: {item!r} needs heads >= 1 and a multiple of kv heads >= 1")
         out.append(pair)
     if not out:
-        raise _fail("--heads: empty (e.g. 32:8,32:32)")
+        raise fail("bench", "--heads: empty (e.g. 32:8,32:32)")
     return tuple(out)
 
 
@@ -81,7 +79,7 @@ def build_grid(name: str, seed: int | None = None, **axes: str | None) -> Any:
     from gpu.ops.layout import SUPPORTED_BLOCK_SIZES, SUPPORTED_HEAD_DIMS
 
     if name not in GRIDS:
-        raise _fail(f"--grid {name!r}: valid are {', '.join(GRIDS)}")
+        raise fail("bench", f"--grid {name!r}: valid are {', '.join(GRIDS)}")
     parse = {"variants": lambda t: _words("--variants", t, ALL_VARIANTS),
              "batch_sizes": lambda t: _ints("--batch-sizes", t),
              "context_lens": lambda t: _ints("--context-lens", t),
@@ -98,11 +96,11 @@ def build_grid(name: str, seed: int | None = None, **axes: str | None) -> Any:
                           ("--head-dims", grid.head_dims, SUPPORTED_HEAD_DIMS)):
         bad = [v for v in vals if v not in ok]
         if bad:
-            raise _fail(f"{opt}: {bad[0]} is not supported by the kernels (valid: {', '.join(map(str, ok))})")
+            raise fail("bench", f"{opt}: {bad[0]} is not supported by the kernels (valid: {', '.join(map(str, ok))})")
     try:
         grid.check_invariants()
     except ValueError as e:
-        raise _fail(str(e)) from None
+        raise fail("bench", str(e)) from None
     return grid
 
 
@@ -146,21 +144,21 @@ def bench(
     from gpu.bench.timing import FLUSH_POLICIES
 
     if backend not in DEFAULT_REPS:
-        raise _fail(f"--backend {backend!r}: valid are cupy, cpu")
+        raise fail("bench", f"--backend {backend!r}: valid are cupy, cpu")
     if flush not in FLUSH_POLICIES:
-        raise _fail(f"--flush {flush!r}: valid are {', '.join(FLUSH_POLICIES)}")
+        raise fail("bench", f"--flush {flush!r}: valid are {', '.join(FLUSH_POLICIES)}")
     if peak_bw is not None and not (peak_bw > 0 and math.isfinite(peak_bw)):
-        raise _fail(f"--peak-bw {peak_bw}: expected a bandwidth in GB/s > 0")
+        raise fail("bench", f"--peak-bw {peak_bw}: expected a bandwidth in GB/s > 0")
     if resume and overwrite:
-        raise _fail("--resume and --overwrite exclude each other")
+        raise fail("bench", "--resume and --overwrite exclude each other")
     n_reps, n_warm = DEFAULT_REPS[backend]
     n_reps, n_warm = reps if reps is not None else n_reps, warmup if warmup is not None else n_warm
     if n_reps < 1 or n_warm < 0:
-        raise _fail(f"--reps {n_reps} / --warmup {n_warm}: need reps >= 1 and warmup >= 0")
+        raise fail("bench", f"--reps {n_reps} / --warmup {n_warm}: need reps >= 1 and warmup >= 0")
     name = "tiny" if backend == "cpu" else "full"
     if quick:
         if grid_name is not None and grid_name not in ("quick", "tiny"):
-            raise _fail(f"--quick and --grid {grid_name} exclude each other")
+            raise fail("bench", f"--quick and --grid {grid_name} exclude each other")
         name = "tiny" if backend == "cpu" else "quick"
     name = grid_name or name
     grid = build_grid(name, variants=variants, batch_sizes=batch_sizes, context_lens=context_lens,
@@ -169,7 +167,7 @@ def bench(
     plan = _gemm_plan(gemm, gemm_tp, gemm_tokens, gemm_only)
     if not gemm_only:
         if backend == "cupy" and (reason := gpu_absent_reason()):
-            raise _fail(NO_GPU.format(reason=reason))
+            raise fail("bench", NO_GPU.format(reason=reason))
         _run(grid, backend, out, resume, overwrite, peak_bw, n_reps, n_warm, flush, check, plots)
     if plan is not None:
         _run_gemm(*plan, out, reps if reps is not None else 50, warmup if warmup is not None else 5)
@@ -182,13 +180,13 @@ def _gemm_plan(gemm: str | None, tp: int, tokens: str | None, only: bool) -> tup
 
     if gemm is None:
         if only:
-            raise _fail("--gemm-only needs --gemm MODEL")
+            raise fail("bench", "--gemm-only needs --gemm MODEL")
         return None
     try:
         model = get_model(gemm)
         check_tensor_parallel(model, tp)
     except SpecError as e:
-        raise _fail(f"--gemm: {e}") from None
+        raise fail("bench", f"--gemm: {e}") from None
     return model, tp, _ints("--gemm-tokens", tokens) if tokens else DEFAULT_TOKENS
 
 
@@ -200,7 +198,7 @@ def _run_gemm(model: Any, tp: int, tokens: tuple[int, ...], out: Path, reps: int
     except ImportError:
         ok = False
     if not ok:
-        raise _fail("--gemm needs torch with a CUDA GPU (pip install torch; none usable here)")
+        raise fail("bench", "--gemm needs torch with a CUDA GPU (pip install torch; none usable here)")
     from gpu.bench.gemm import bench_gemm
 
     df = bench_gemm(model, tp, tokens, reps=reps, warmup=warmup)
@@ -243,7 +241,7 @@ def _run(grid: Any, backend: str, out: Path, resume: bool, overwrite: bool, peak
                                options=BenchOptions(reps=reps, warmup=warmup, flush=flush, check=check),
                                resume=resume, overwrite=overwrite, on_config=advance)
         except (OutputError, KernelInputError) as e:
-            raise _fail(str(e)) from None
+            raise fail("bench", str(e)) from None
     files = [csv_path, csv_path.with_suffix(".parquet")]
     if plots and not report.table.empty:
         from analysis.bench_plots import plot_all

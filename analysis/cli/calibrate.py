@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from analysis.cli.errors import fail
 from analysis.cli.validate import (
     BlockOpt,
     ChunkOpt,
@@ -28,11 +29,6 @@ from analysis.cli.validate import (
     comparison_table,
     replay_setup,
 )
-
-
-def _fail(msg: str) -> typer.Exit:
-    typer.echo(f"pagesim calibrate: error: {msg}", err=True)
-    return typer.Exit(2)
 
 
 def _pct(v: float | None) -> str:
@@ -129,9 +125,9 @@ def calibrate(
             raise CalibrationError("no input produced a fit")
         write_params(params, output)
     except (CalibrationError, SpecError) as e:
-        raise _fail(str(e)) from None
+        raise fail("calibrate", str(e)) from None
     except OSError as e:
-        raise _fail(f"{output}: cannot write ({e.strerror or e})") from None
+        raise fail("calibrate", f"{output}: cannot write ({e.strerror or e})") from None
     _print(params, fit, console, output)
 
 

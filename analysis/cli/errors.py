@@ -19,6 +19,12 @@ except ImportError:  # pragma: no cover - older typer uses click itself
     from click.exceptions import ClickException, UsageError  # type: ignore[assignment]
 
 
+def fail(cmd: str, msg: str) -> typer.Exit:
+    """Print `pagesim CMD: error: MSG` on stderr; the Exit(2) to raise."""
+    typer.echo(f"pagesim {cmd}: error: {msg}", err=True)
+    return typer.Exit(2)
+
+
 def one_line(exc: ClickException) -> str:
     """The one-line form of a click error, naming the command and where to read the valid options."""
     ctx = getattr(exc, "ctx", None)

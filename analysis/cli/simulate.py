@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from analysis.cli import inputs, progress, tables
+from analysis.cli.errors import fail
 
 if TYPE_CHECKING:  # pandas and the API load on first use, so `pagesim --help` stays quick
 
@@ -127,8 +128,7 @@ def _errors(cmd: str) -> Iterator[None]:
         yield
     except (ValueError, WorkloadError, FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        typer.echo(f"pagesim {cmd}: error: {msg}", err=True)
-        raise typer.Exit(2) from None
+        raise fail(cmd, msg) from None
     except KeyboardInterrupt:
         typer.echo(f"pagesim {cmd}: interrupted; finished results were kept", err=True)
         raise typer.Exit(130) from None

@@ -19,6 +19,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from analysis.cli.errors import fail
+
 ASSUMPTIONS = ("arrivals redrawn: request 0 at t=0, then Gamma(burstiness, 1/(rate*burstiness)) gaps "
                "(vLLM's client process; its seed is not saved), metrics averaged over {seeds} draw(s); failed requests "
                "dropped; TPOT = sum(itls) / (output_len - 1)")
@@ -27,10 +29,6 @@ LABELS = {"request_throughput": ("throughput (req/s)", 1.0), "output_throughput"
           "p99_ttft_s": ("p99 TTFT (ms)", 1e3), "mean_tpot_s": ("mean TPOT (ms)", 1e3),
           "median_tpot_s": ("median TPOT (ms)", 1e3), "p99_tpot_s": ("p99 TPOT (ms)", 1e3)}
 
-
-def _fail(cmd: str, msg: str) -> typer.Exit:
-    typer.echo(f"pagesim {cmd}: error: {msg}", err=True)
-    return typer.Exit(2)
 
 
 ModelOrFile = Annotated[str | None, typer.Option("--model", help="Model preset the benchmark served (default: "
@@ -59,7 +57,7 @@ def replay_setup(cmd: str, model: str, gpu: str, tensor_parallel: int, latency: 
     from sim.presets import SpecError, check_tensor_parallel, get_gpu, get_model, kv_capacity_tokens
 
     if seeds < 1:
-        raise _fail(cmd, f"--seeds {seeds}: out of range (valid: >= 1)")
+        raise fail(cmd, f"--seeds {seeds}: out of range (valid: >= 1)")
     try:
         m, g = get_model(model), get_gpu(gpu)
         check_tensor_parallel(m, tensor_parallel)
@@ -70,7 +68,7 @@ def replay_setup(cmd: str, model: str, gpu: str, tensor_parallel: int, latency: 
             raise SpecError(f"--gpu-memory-utilization {gpu_memory_utilization}: out of range (valid: (0, 1])")
         cap = kv_capacity_tokens(m, g, gpu_memory_utilization=gpu_memory_utilization, tensor_parallel=tensor_parallel)
     except SpecError as e:
-        raise _fail(cmd, str(e)) from None
+        raise fail(cmd, str(e)) from None
     lat = None if latency is None or latency.strip().lower() == "roofline" else latency
     return ReplaySetup(model=m.name, gpu=g.name, tensor_parallel=tensor_parallel, latency=lat, block_size=block_size,
                        max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
@@ -109,11 +107,11 @@ def validate(
     try:
         b = load_benchmark(bench)
     except CalibrationError as e:
-        raise _fail("validate", str(e)) from None
+        raise fail("validate", str(e)) from None
     if model is None:
         model = preset_from_model_id(b.model_id)
         if model is None:
-            raise _fail("validate", f"--model is needed: the benchmark's model_id {b.model_id!r} names no preset")
+            raise fail("validate", f"--model is needed: the benchmark's model_id {b.model_id!r} names no preset")
     setup = replay_setup("validate", model, gpu, tensor_parallel, latency, block_size, max_num_seqs,
                          max_num_batched_tokens, chunked_prefill, seeds, gpu_memory_utilization)
     try:
@@ -121,7 +119,7 @@ def validate(
         sim = replay(b, setup, eng)
         rows = compare(measured_metrics(b), sim_metrics(b, sim, np.arange(b.index.size)))
     except (CalibrationError, SpecError) as e:
-        raise _fail("validate", str(e)) from None
+        raise fail("validate", str(e)) from None
     console = Console()
     lat_name = "roofline" if setup.latency is None else Path(str(setup.latency)).name
     console.print(comparison_table(f"{bench.name}: {b.index.size} requests at "
@@ -146,7 +144,7 @@ def validate(
         try:
             json_out.write_text(json.dumps(out, indent=2) + "\n")
         except OSError as e:
-            raise _fail("validate", f"{json_out}: cannot write ({e.strerror or e})") from None
+            raise fail("validate", f"{json_out}: cannot write ({e.strerror or e})") from None
 
 
 def register(app: typer.Typer) -> None:

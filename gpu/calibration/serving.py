@@ -27,7 +27,6 @@ and latency - ttft = sum(itls) for a streaming backend); the simulator's is (fin
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from gpu.calibration.kernels import CalibrationError
+from sim.checks import read_json
 from sim.request import RequestSpec
 
 REQUIRED_FIELDS: tuple[str, ...] = ("input_lens", "output_lens", "ttfts", "itls", "duration", "completed",
@@ -150,15 +150,7 @@ def parse_benchmark(data: Any, source: str = "<dict>") -> ServingBenchmark:
 def load_benchmark(path: str | Path) -> ServingBenchmark:
     """Read and check a `benchmark_serving.py --save-result` JSON file (BenchmarkError naming the field)."""
     p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as e:
-        raise BenchmarkError(f"serving benchmark {p}: cannot read ({e.strerror or e})") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise BenchmarkError(f"serving benchmark {p}: invalid JSON at line {e.lineno}, column {e.colno}: "
-                             f"{e.msg}") from None
+    data = read_json(p, "serving benchmark", BenchmarkError)
     return parse_benchmark(data, str(p))
 
 

@@ -7,12 +7,12 @@ the simulation loop). `roofline_params` generates the shipped defaults in sim/ti
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from sim.checks import read_json
 from sim.presets import GPUS, MODELS, GPUSpec, ModelSpec, SpecError, get_gpu, get_model, kv_capacity_tokens
 from sim.timing.engines import engine_from_dict, get_engine
 from sim.timing.gemm import GemmParams, gemm_params_from_dict
@@ -109,15 +109,7 @@ def file_gemm(params: dict[str, Any]) -> GemmParams | None:
 def read_params_file(path: str | Path) -> dict[str, Any]:
     """Read and validate a parameters JSON file; SpecError naming the file (and key) when it is bad."""
     p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as e:
-        raise SpecError(f"latency params file {p}: cannot read ({e.strerror or e})") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise SpecError(f"latency params file {p}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") \
-            from None
+    data = read_json(p, "latency params file", SpecError)
     try:
         return validate_params(data)
     except SpecError as e:
